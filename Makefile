@@ -33,20 +33,22 @@ check-sync: env
 	  echo "nbdev_export/nbdev_clean changed covidnext/ or nbs/: export and clean the notebooks, then commit." >&2; \
 	  git status --short -- covidnext nbs >&2; exit 1; fi
 
+# Tests run with an absolute sources path, since notebooks execute in nbs/.
 test: check-sync
-	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q tests
+	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
+	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q tests
 
-# The study: build COVIDx-v1 and render the dataset report (later steps: train, evaluate, compare).
+# The study: build COVIDx-v1 (split.csv + build report) and render the dataset report.
+# Later steps (train, evaluate, compare) join here.
 study: env
 	@if [ ! -d "$(COVIDNEXT_SOURCES)" ]; then \
 	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
 	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
 	mkdir -p $(REPORTS) $(OUT)
-	$(BIN)/covidnext-build --sources "$(COVIDNEXT_SOURCES)" --split-files "$(COVIDNEXT_SOURCES)/covidx-v1-splits" --out $(OUT)/covidx-v1
-	$(BIN)/papermill nbs/study/10_dataset.ipynb $(REPORTS)/10_dataset.ipynb -k python3 --cwd . \
-	  -p sources "$(COVIDNEXT_SOURCES)" -p split_csv "$(OUT)/covidx-v1/split.csv" -p profile $(PROFILE)
-	$(BIN)/jupyter nbconvert --to html $(REPORTS)/10_dataset.ipynb
+	@# the dataset report does not depend on the profile: it always goes to reports/
+	$(BIN)/papermill nbs/study/10_dataset.ipynb reports/10_dataset.ipynb -k python3 --cwd . \
+	  -p sources "$(COVIDNEXT_SOURCES)" -p out "$(OUT)/covidx-v1"
+	$(BIN)/jupyter nbconvert --to html reports/10_dataset.ipynb
 
 lab: env
 	$(BIN)/python -m pip install -q jupyterlab

@@ -21,6 +21,7 @@ setuptools.setup(
     author_email=cfg['author_email'],
     license='Apache-2.0',
     url=cfg['git_url'],
+    classifiers=['Programming Language :: Python :: 3', 'Intended Audience :: Science/Research'],
     keywords=cfg['keywords'].split(),
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
