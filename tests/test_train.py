@@ -1,0 +1,123 @@
+"""The training engine through its command line: exact resume after SIGKILL, torchrun with two CPU processes (gloo),
+TensorBoard events, the NaN guard, and checkpoints that load with weights_only=True. Real Kermany images, tiny sizes."""
+from __future__ import annotations
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from covidnext.sources import read_kermany
+from covidnext.train import load_checkpoint
+
+SRC = Path(os.environ.get('COVIDNEXT_SOURCES', Path(__file__).parents[1] / '..' / 'shared' / 'data'))
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+@pytest.fixture(scope='module')
+def split_csv(tmp_path_factory) -> Path:
+    "96 train + 32 val real Kermany images (normal vs bacterial), and their 64 px cache."
+    d = tmp_path_factory.mktemp('data')
+    k = read_kermany(SRC / 'kermany-chest-xray-224')
+    k = pd.concat([g.sample(64, random_state=0) for _, g in k[k.label.isin(['normal', 'bacteria'])].groupby('label')])
+    k['split'] = ['train'] * 48 + ['val'] * 16 + ['train'] * 48 + ['val'] * 16
+    k['path'] = [os.path.relpath(p, SRC) for p in k.path]
+    k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
+    return d / 'split.csv'
+
+
+def train_args(split_csv, out, *extra) -> list:
+    return [BIN / 'covidnext-train', '--split-csv', split_csv, '--sources', SRC, '--cache-root', split_csv.parent / 'cache',
+            '--size', '64', '--arch', 'resnet18', '--epochs', '2', '--batch-size', '8', '--device', 'cpu',
+            '--deterministic', '--no-progress', '--out', out, *extra]
+
+
+def run(args, **kw):
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, **kw)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def weights(path) -> dict:
+    return load_checkpoint(path)['model']
+
+
+def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
+    run(train_args(split_csv, tmp_path / 'A', '--ckpt-every', '2'))
+    full = load_checkpoint(tmp_path / 'A' / 'last.pt')
+    assert full['global_step'] == 24 and full['epoch'] == 1
+    # the same run, killed with SIGKILL as soon as its first mid-epoch checkpoint exists
+    p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2')], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / 'B' / 'last.pt'
+    t0 = time.time()
+    while not last.exists() and p.poll() is None and time.time() - t0 < 300: time.sleep(0.005)
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed = load_checkpoint(last)                               # never half-written: it loads
+    assert killed['global_step'] < 24, "the run ended before it could be killed"
+    run(train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', '--resume'))
+    resumed = load_checkpoint(last)
+    assert resumed['global_step'] == 24
+    a, b = full['model'], resumed['model']
+    assert a.keys() == b.keys()
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert diff <= 1e-6, diff
+    assert [round(h['val_macro_f1'], 6) for h in full['history']] == [round(h['val_macro_f1'], 6) for h in resumed['history']]
+
+
+def test_checkpoint_is_complete_and_safe(split_csv, tmp_path):
+    run(train_args(split_csv, tmp_path / 'R', '--epochs', '1'))
+    ck = torch.load(tmp_path / 'R' / 'best.pt', weights_only=True)
+    for k in ('model', 'optimizer', 'scheduler', 'epoch', 'step_in_epoch', 'global_step', 'aug_generator', 'torch_rng',
+              'config', 'model_config', 'classes', 'preprocess', 'metrics', 'history', 'best'):
+        assert k in ck, k
+    assert ck['classes'] == ['normal', 'bacteria', 'viral', 'COVID-19'] and ck['config']['arch'] == 'resnet18'
+    assert ck['preprocess']['scale'] == 'unit' and ck['preprocess']['input_size'] == 64
+    assert json.loads((tmp_path / 'R' / 'config.json').read_text())['size'] == 64
+    assert not list((tmp_path / 'R').glob('*.tmp'))
+
+
+def test_tensorboard_events_parse(split_csv, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run(train_args(split_csv, tmp_path / 'T', '--epochs', '1'))
+    ea = EventAccumulator(str(tmp_path / 'T' / 'tb')); ea.Reload()
+    tags = ea.Tags()
+    for t in ('train/loss', 'val/macro_f1', 'val/loss', 'lr', 'val/sens_COVID-19'): assert t in tags['scalars'], (t, tags)
+    assert 'train/augmented_inputs' in tags['images'] and 'val/confusion' in tags['images']
+    rows = pd.read_csv(tmp_path / 'T' / 'log.csv')
+    assert len(rows) == 1 and {'train_loss', 'val_macro_f1', 'val_accuracy'} <= set(rows.columns)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(split_csv, tmp_path):
+    out = tmp_path / 'N'
+    r = subprocess.run([str(a) for a in train_args(split_csv, out, '--optimizer', 'sgd', '--lr', '1e30', '--ckpt-every', '1')],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode != 0
+    assert 'loss is' in r.stderr and 'at epoch 0, step' in r.stderr and 'last good checkpoint is intact' in r.stderr
+    if (out / 'last.pt').exists():
+        ck = load_checkpoint(out / 'last.pt')
+        assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+
+
+def test_torchrun_two_cpu_processes(split_csv, tmp_path):
+    out = tmp_path / 'D'
+    args = [BIN / 'torchrun', '--standalone', '--nproc_per_node=2', '--no-python', *train_args(split_csv, out, '--epochs', '1')]
+    r = run(args, timeout=600)
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['world'] == 2 and s['global_step'] == 6              # 96 images, 2 processes, batch 8: 6 steps each
+    assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'config.json', 'last.pt', 'log.csv', 'summary.json', 'tb']
+    assert len(list((out / 'tb').iterdir())) == 1                # one event file: rank 0 alone logs
+    assert len(pd.read_csv(out / 'log.csv')) == 1
+    assert load_checkpoint(out / 'last.pt')['global_step'] == 6
+
+
+def test_train_help_explains_every_option():
+    h = run([BIN / 'covidnext-train', '--help']).stdout
+    from dataclasses import fields
+    from covidnext.train import TrainConfig
+    for f in fields(TrainConfig):
+        assert '--' + f.name.replace('_', '-') in h, f.name
+    assert 'torchrun' in h
