@@ -11,9 +11,8 @@ export COVIDNEXT_SOURCES
 OUT ?= out
 # quick (tiny images, subset, 1 epoch; writes reports/quick/) on CPU, full on CUDA
 PROFILE ?= $(shell $(BIN)/python -c "import torch; print('full' if torch.cuda.is_available() else 'quick')" 2>/dev/null || echo quick)
-REPORTS := $(if $(filter full,$(PROFILE)),reports,reports/quick)
 
-.PHONY: env test study lab export clean-nbs check-sync
+.PHONY: env test study lab check-sync
 
 env: $(BIN)/.installed
 
@@ -38,17 +37,14 @@ test: check-sync
 	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
 	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q tests
 
-# The study: build COVIDx-v1 (split.csv + build report) and render the dataset report.
-# Later steps (train, evaluate, compare) join here.
+# The study (scripts/study.sh): PROFILE=full (the default on CUDA) trains every variant with 3 seeds, 30 epochs at
+# 224 px, into reports/; PROFILE=quick (the default on CPU) runs tiny images, a subset and 1 epoch into reports/quick/,
+# never touching the GPU reports. ARCHS, SEEDS, EPOCHS, CACHE and DATASET=0 override (see the script).
 study: env
 	@if [ ! -d "$(COVIDNEXT_SOURCES)" ]; then \
 	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
 	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
-	mkdir -p $(REPORTS) $(OUT)
-	@# the dataset report does not depend on the profile: it always goes to reports/
-	$(BIN)/papermill nbs/study/10_dataset.ipynb reports/10_dataset.ipynb -k python3 --cwd . \
-	  -p sources "$(COVIDNEXT_SOURCES)" -p out "$(OUT)/covidx-v1"
-	$(BIN)/jupyter nbconvert --to html reports/10_dataset.ipynb
+	PROFILE=$(PROFILE) BIN=$(BIN) OUT=$(OUT) bash scripts/study.sh
 
 lab: env
 	$(BIN)/python -m pip install -q jupyterlab

@@ -46,11 +46,12 @@ def weights(path) -> dict:
 
 
 def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
-    run(train_args(split_csv, tmp_path / 'A', '--ckpt-every', '2'))
+    ema = ('--ema', '0.99')                                       # the weight average must resume exactly too
+    run(train_args(split_csv, tmp_path / 'A', '--ckpt-every', '2', *ema))
     full = load_checkpoint(tmp_path / 'A' / 'last.pt')
     assert full['global_step'] == 24 and full['epoch'] == 1
     # the same run, killed with SIGKILL as soon as its first mid-epoch checkpoint exists
-    p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2')], env=ENV,
+    p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', *ema)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / 'B' / 'last.pt'
     t0 = time.time()
@@ -58,13 +59,14 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     killed = load_checkpoint(last)                               # never half-written: it loads
     assert killed['global_step'] < 24, "the run ended before it could be killed"
-    run(train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', '--resume'))
+    run(train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', '--resume', *ema))
     resumed = load_checkpoint(last)
     assert resumed['global_step'] == 24
-    a, b = full['model'], resumed['model']
-    assert a.keys() == b.keys()
-    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
-    assert diff <= 1e-6, diff
+    for key in ('model', 'model_raw'):                             # the average and the trained weights
+        a, b = full[key], resumed[key]
+        assert a.keys() == b.keys()
+        diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+        assert diff <= 1e-6, (key, diff)
     assert [round(h['val_macro_f1'], 6) for h in full['history']] == [round(h['val_macro_f1'], 6) for h in resumed['history']]
 
 

@@ -1,0 +1,83 @@
+"""The study notebooks, run by papermill in the quick profile (as `make study` does on a CPU), in a scratch copy of
+the study; and the agreement of the comparison table with the evaluation outputs and with the README."""
+from __future__ import annotations
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SRC = Path(os.environ.get('COVIDNEXT_SOURCES', ROOT / '..' / 'shared' / 'data')).resolve()
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory) -> Path:
+    "A scratch copy of the study, run end to end in the quick profile."
+    w = tmp_path_factory.mktemp('study')
+    shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study')
+    shutil.copytree(ROOT / 'scripts', w / 'scripts')
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1',
+           'OMP_NUM_THREADS': '2'}
+    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return w
+
+
+def test_quick_profile_writes_every_report(quick):
+    rq = quick / 'reports' / 'quick'
+    for name in ('11_train_resnet18_seed0', '11_train_resnet18_seed1', '12_evaluate_resnet18_seed0',
+                 '12_evaluate_resnet18_seed1', '13_compare_covidnet'):
+        assert (rq / f'{name}.ipynb').is_file() and (rq / f'{name}.html').is_file(), name
+    assert (quick / 'reports' / '10_dataset.html').is_file()
+    assert not list((quick / 'reports').glob('1[123]_*'))            # quick never writes the GPU reports
+
+
+def test_parameters_and_device_recorded(quick):
+    nb = json.loads((quick / 'reports' / 'quick' / '11_train_resnet18_seed1.ipynb').read_text())
+    params = nb['metadata']['papermill']['parameters']
+    assert params['arch'] == 'resnet18' and params['seed'] == 1 and params['size'] == 32
+    out = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
+    assert 'device: cpu' in out
+    for c in nb['cells']:
+        assert not any(o.get('output_type') == 'error' for o in c.get('outputs', []))
+
+
+def _check_table(reports: Path):
+    "The comparison JSON agrees with the evaluation JSONs it was made from."
+    from covidnext.study import compare_runs
+    cmp = json.loads((reports / '13_compare_covidnet.json').read_text())
+    for v in cmp['variants']:
+        per = [json.loads((reports / f"12_evaluate_{v['arch']}_seed{s}" / 'test_results.json').read_text()) for s in v['seeds']]
+        for k in ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall'):
+            assert abs(v['test_mean'][k] - sum(p[k] for p in per) / len(per)) < 1e-12, k
+            assert [r[k] for r in v['per_seed_test']] == [p[k] for p in per]
+    again = compare_runs(reports, [dict(name=v['arch'], params=v['params'], gmacs=v['gmacs']) for v in cmp['variants']],
+                         n_boot=cmp_boot(reports))
+    assert again['variants'] == cmp['variants'] and again['headline'] == cmp['headline']
+
+
+def cmp_boot(reports: Path) -> int:
+    nb = json.loads((reports / '13_compare_covidnet.ipynb').read_text())
+    return int(nb['metadata']['papermill']['parameters'].get('n_boot', 1000))
+
+
+def test_comparison_equals_evaluation_outputs_quick(quick):
+    _check_table(quick / 'reports' / 'quick')
+
+
+GPU_REPORTS = ROOT / 'reports'
+
+
+@pytest.mark.skipif(not (GPU_REPORTS / '13_compare_covidnet.json').is_file(), reason='no GPU study reports yet')
+def test_comparison_equals_evaluation_outputs_gpu():
+    _check_table(GPU_REPORTS)
+
+
+@pytest.mark.skipif(not (GPU_REPORTS / '13_compare_covidnet.md').is_file(), reason='no GPU study reports yet')
+def test_readme_table_equals_comparison():
+    readme = (ROOT / 'README.md').read_text()
+    m = re.search(r'<!-- comparison:begin -->\n(.*?)<!-- comparison:end -->', readme, re.S)
+    assert m, 'README has no comparison table between the markers'
+    assert m.group(1).strip() == (GPU_REPORTS / '13_compare_covidnet.md').read_text().strip()
