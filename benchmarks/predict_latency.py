@@ -8,8 +8,9 @@ exactly the shape `covidnext.train.fit` writes (its `_state`, with an Adam optim
     call) timed separately;
 (c) the imports of the prediction path by `python -X importtime`: cumulative seconds of the heavy packages;
 (d) with onnxruntime installed: the same model exported (`covidnext.predict.export_onnx`), run in a fresh process
-    that imports no torch (import onnxruntime, load the session, run one preprocessed image): what a torch-free
-    prediction path would cost, preprocessing aside.
+    that imports no torch (import onnxruntime, load the session, run one preprocessed image), and
+(e) the command itself with that `.onnx` model (`covidnext-predict IMAGE --checkpoint model.onnx`), which never
+    imports torch: wall time, median of `--runs`.
 
 The goal is 1.0 s or less for (a). Not a test: figures depend on the machine and on what else runs on it.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-CLI = 'import sys; from covidnext.predict import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'
+CLI = 'import sys; from covidnext.infer import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'  # the console entry point
 
 IN_PROCESS = r'''
 import json, sys, time
@@ -136,6 +137,14 @@ def main(argv=None):
                     o = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout)
                     walls.append(time.perf_counter() - t)
                 inproc.update(o, onnx_wall_median_s=statistics.median(walls))
+                cmd = [sys.executable, '-c', CLI, str(img), '--checkpoint', str(d / arch / 'model.onnx'), '--no-progress']
+                subprocess.run(cmd, capture_output=True, env=env, check=True)  # warm-up
+                walls = []
+                for _ in range(a.runs):
+                    t = time.perf_counter()
+                    subprocess.run(cmd, capture_output=True, env=env, check=True)
+                    walls.append(time.perf_counter() - t)
+                inproc.update(cli_onnx_wall_median_s=statistics.median(walls), cli_onnx_wall_min_s=min(walls))
             res['archs'][arch] = dict(checkpoint_mb=round(ck.stat().st_size / 2**20, 1),
                                       cli_wall_median_s=round(statistics.median(cli_walls), 3),
                                       cli_wall_min_s=round(min(cli_walls), 3), cli_wall_max_s=round(max(cli_walls), 3),
@@ -144,7 +153,8 @@ def main(argv=None):
                   f"import torch {inproc['import_torch_s']:.2f} s, other imports {inproc['import_rest_s']:.2f} s, "
                   f"load {inproc['load_s']:.2f} s, predict {inproc['predict_first_s']:.2f} s (first), "
                   f"{inproc['predict_second_s']:.2f} s (second)"
-                  + (f"; onnxruntime without torch {inproc['onnx_wall_median_s']:.2f} s" if a.onnx else ''), flush=True)
+                  + (f"; onnxruntime without torch {inproc['onnx_wall_median_s']:.2f} s; the command with the .onnx model "
+                     f"{inproc['cli_onnx_wall_median_s']:.2f} s" if a.onnx else ''), flush=True)
     res['importtime_cumulative_s'] = importtime(env)
     res['python_startup_s'] = round(min(_t([sys.executable, '-c', 'pass'], env) for _ in range(3)), 3)
     print(json.dumps(res, indent=1))
