@@ -9,6 +9,9 @@
 #   COVIDNEXT_SOURCES    the sources folder; OUT: where split.csv goes (out/)
 #   CACHE                a prebuilt image cache to train and evaluate from (for a machine without the sources)
 #   DATASET=0            skip the dataset report (it reads the sources)
+#   SHORTCUT=0           skip the age-shortcut step (adult normals: COVIDx-v1 + 1,000 adult films, 14_shortcut)
+#   SHORTCUT_ARCH        the variant trained on the adult split (default: resnet18)
+#   ADULT_CACHE          a prebuilt cache of out/covidx-v1-adult/split.csv (with CACHE, on a machine without the sources)
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 set -euo pipefail
 PROFILE=${PROFILE:-quick}
@@ -41,5 +44,19 @@ for a in $ARCHS; do
   done
 done
 "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
-"$BIN/jupyter" nbconvert --to html "$REPORTS"/1[123]_*.ipynb
+if [ "${SHORTCUT:-1}" = 1 ]; then
+  # The age shortcut: the same variant trained on COVIDx-v1 plus adult normals, against the COVIDx-v1 runs above.
+  SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv
+  if [ -n "${ADULT_CACHE:-}" ]; then ADATA=(-p cache "$ADULT_CACHE"); else
+    "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --adult-normals --out "$OUT/covidx-v1-adult"
+    ADATA=(-p split_csv "$ADULT" -p sources "$SOURCES"); fi
+  for s in $SEEDS; do
+    echo "== $SA seed $s on covidx-v1-adult ($(( $(date +%s) - t0 )) s)"
+    "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_adult_${SA}_seed${s}.ipynb" -p arch "$SA" -p seed "$s" \
+      -p runs "$RUNS/covidx-v1-adult" "${ADATA[@]}" "${TRAIN[@]}"
+  done
+  "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$RUNS/$SA-seed*/best.pt" \
+    -p runs_adult "$RUNS/covidx-v1-adult/$SA-seed*/best.pt" "${ADATA[@]}" -p out "$REPORTS"
+fi
+"$BIN/jupyter" nbconvert --to html "$REPORTS"/1[1234]_*.ipynb
 echo "study done in $(( $(date +%s) - t0 )) s; reports in $REPORTS/"

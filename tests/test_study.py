@@ -18,7 +18,7 @@ def quick(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp('study')
     shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study')
     shutil.copytree(ROOT / 'scripts', w / 'scripts')
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1',
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1', 'SHORTCUT': '0',
            'OMP_NUM_THREADS': '2'}
     r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

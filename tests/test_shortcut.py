@@ -1,0 +1,160 @@
+"""The age shortcut on the real sources (`COVIDNEXT_SOURCES`, `../shared/data` in CI): the adult normals' reader, the
+`covidx-v1-adult` split (COVIDx-v1 untouched, adult films split by patient, duplicates of COVIDx images kept out), and
+`nbs/study/14_shortcut.ipynb` run by papermill in a quick configuration in a scratch copy of the study."""
+from __future__ import annotations
+import json, os, shutil, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covidnext.covidx import build_split, find_leaks
+from covidnext.sources import read_radiography
+
+ROOT = Path(__file__).parents[1]
+SRC = Path(os.environ.get('COVIDNEXT_SOURCES', ROOT / '..' / 'shared' / 'data')).resolve()
+RAD = SRC / 'covid19-radiography-normal-224'
+BIN = Path(sys.executable).parent
+if not (RAD.is_dir() and (SRC / 'covidx-v1-splits').is_dir()):
+    pytest.fail(f"the public sources with the adult normals are needed: set COVIDNEXT_SOURCES (no {RAD})", pytrace=False)
+V1_TEST = {'normal': 234, 'bacteria': 246, 'viral': 149, 'COVID-19': 10}
+
+
+def test_reader_real_adult_normals():
+    r = read_radiography(RAD)
+    assert len(r) == 1000 and r.patient_id.nunique() == 1000
+    assert set(r.label) == {'normal'} and set(r.finding) == {'rsna_adult'} and set(r.source) == {'radiography'}
+    assert all(Path(p).is_file() for p in r.path)
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory):
+    "The published COVIDx-v1 split and its covidx-v1-adult variant, built with the command line."
+    out = tmp_path_factory.mktemp('splits')
+    for name, extra in (('covidx-v1', []), ('covidx-v1-adult', ['--adult-normals'])):
+        r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--split-files', SRC / 'covidx-v1-splits',
+                            '--out', out / name, *extra], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_adult_split_keeps_covidx_v1(splits):
+    v1, ad = pd.read_csv(splits / 'covidx-v1' / 'split.csv'), pd.read_csv(splits / 'covidx-v1-adult' / 'split.csv')
+    assert ad[ad.split == 'test'].label.value_counts().to_dict() == V1_TEST      # 639, exactly COVIDx-v1's test
+    assert (ad.split == 'test').sum() == 639 and set(ad[ad.split == 'test'].source) == {'cohen', 'kermany'}
+    pd.testing.assert_frame_equal(ad[ad.source != 'radiography'].reset_index(drop=True), v1)   # same rows, same splits
+
+
+def test_adult_normals_split_by_patient(splits):
+    ad = pd.read_csv(splits / 'covidx-v1-adult' / 'split.csv')
+    a = ad[ad.source == 'radiography']
+    assert a.split.value_counts().to_dict() == {'train': 800, 'val': 100, 'test_adult': 100}
+    assert set(a.label) == {'normal'} and a.patient_id.nunique() == 1000
+    for col in ('path', 'patient_id', 'pixel_hash'):                   # no film, patient or image in two splits
+        assert (ad.groupby(col).split.nunique() > 1).sum() == 0, col
+    assert len(find_leaks(ad)) == 0
+    rep = json.loads((splits / 'covidx-v1-adult' / 'report.json').read_text())
+    assert rep['variant'] == 'covidx-v1-adult' and rep['params']['adult_normals'] is True
+    assert rep['counts']['test_adult'] == {'COVID-19': 0, 'bacteria': 0, 'normal': 100, 'viral': 0}
+    assert 'test_adult' in (splits / 'covidx-v1-adult' / 'report.md').read_text()
+
+
+def test_adult_split_is_seeded(splits, tmp_path):
+    build_split(SRC, tmp_path / 'a', SRC / 'covidx-v1-splits', seed=0, progress=False, adult_normals=True)
+    assert (tmp_path / 'a' / 'split.csv').read_bytes() == (splits / 'covidx-v1-adult' / 'split.csv').read_bytes()
+
+
+def test_adult_copy_of_a_kermany_image_is_kept_out(tmp_path):
+    "An 'adult' film that is pixel-identical to a COVIDx image (a Kermany copy the origin file missed) never enters a split."
+    src = tmp_path / 'sources'; src.mkdir()
+    for d in ('covid-chestxray-dataset', 'kermany-chest-xray-224', 'covidx-v1-splits'): (src / d).symlink_to(SRC / d)
+    nd = src / 'covid19-radiography-normal-224' / 'COVID-19_Radiography_Dataset' / 'Normal'; nd.mkdir(parents=True)
+    adults = read_radiography(RAD).head(20)
+    for p in adults.path: (nd / Path(p).name).symlink_to(p)
+    kid = SRC / 'kermany-chest-xray-224' / 'chest_xray' / 'test' / 'NORMAL' / 'IM-0001-0001.jpeg'
+    Image.fromarray(np.asarray(Image.open(kid).convert('L'))).save(nd / 'Normal-99999.png')
+    names = [Path(p).name for p in adults.path] + ['Normal-99999.png']
+    pd.DataFrame(dict(file=names, inferred_origin='rsna_adult')).to_csv(nd.parents[1] / 'origin_inference.csv', index=False)
+    rep = build_split(src, tmp_path / 'out', src / 'covidx-v1-splits', progress=False, adult_normals=True)
+    df = pd.read_csv(tmp_path / 'out' / 'split.csv')
+    assert rep['adult']['used'] == 20 and not df.path.str.contains('Normal-99999').any()
+    why = [d for d in rep['dropped'] if 'Normal-99999' in d['file']]
+    assert len(why) == 1 and 'IM-0001-0001.jpeg' in why[0]['reason'], why
+    assert rep['leaks'] == [] and df[df.split == 'test'].label.value_counts().to_dict() == V1_TEST
+
+
+def test_build_cli_has_adult_option():
+    h = subprocess.run([BIN / 'covidnext-build', '--help'], capture_output=True, text=True).stdout
+    assert '--adult-normals' in h and 'test_adult' in h
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The study notebook, quick configuration: two seeds per training set, 32 px, 64 images per split, one epoch.
+# ------------------------------------------------------------------------------------------------------------------
+
+QUICK = dict(size=32, subset=64, epochs=1, batch_size=16, ema=0.9, arch='resnet18')
+
+
+@pytest.fixture(scope='module')
+def study(splits, tmp_path_factory):
+    "A scratch copy of the study with quick models trained on both splits, and 14_shortcut run by papermill."
+    import torch
+    from covidnext.train import TrainConfig, fit
+    w = tmp_path_factory.mktemp('shortcut')
+    shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study')
+    for name in ('covidx-v1', 'covidx-v1-adult'): shutil.copytree(splits / name, w / 'out' / name)
+    torch.set_num_threads(2)
+    t0 = time.time()
+    for runs, split in (('runs/quick', 'covidx-v1'), ('runs/quick/covidx-v1-adult', 'covidx-v1-adult')):
+        for s in (0, 1):
+            fit(TrainConfig(split_csv=str(w / 'out' / split / 'split.csv'), sources=str(SRC), cache_root=str(w / '.cache'), seed=s,
+                            out=str(w / runs / f"{QUICK['arch']}-seed{s}"), progress=False, log_images=False, **QUICK))
+    train_s = time.time() - t0
+    env = {**os.environ, 'COVIDNEXT_SOURCES': str(SRC), 'OMP_NUM_THREADS': '2'}
+    (w / 'reports' / 'quick').mkdir(parents=True)
+    t0 = time.time()
+    r = subprocess.run([BIN / 'papermill', '-k', 'python3', '--cwd', '.', '--no-progress-bar', 'nbs/study/14_shortcut.ipynb',
+                        'reports/quick/14_shortcut.ipynb', '-p', 'runs_v1', 'runs/quick/resnet18-seed*/best.pt',
+                        '-p', 'runs_adult', 'runs/quick/covidx-v1-adult/resnet18-seed*/best.pt', '-p', 'n_boot', '200',
+                        '-p', 'out', 'reports/quick'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    print(f"quick models trained in {train_s:.0f} s; 14_shortcut ran in {time.time() - t0:.0f} s")
+    return w
+
+
+def test_shortcut_json(study):
+    rq = study / 'reports' / 'quick'
+    s = json.loads((rq / '14_shortcut.json').read_text())
+    assert set(s['variants']) == {'COVIDx-v1', 'COVIDx-v1 + adult normals'}
+    for name, v in s['variants'].items():
+        assert v['n_models'] == 2 and v['seeds'] == [0, 1] and len(v['models']) == 2
+        for m in v['models'] + [v['ensemble']]:
+            fc = m['false_covid']
+            assert fc['n'] == 100 and sum(fc['called'].values()) == 100
+            assert fc['ci_low'] <= fc['rate'] <= fc['ci_high'] and fc['ci_low'] <= fc['ci_high']
+            assert m['test']['accuracy']['low'] <= m['test']['accuracy']['value'] <= m['test']['accuracy']['high']
+            src = {(r['source'], r['label']): r['n'] for r in m['per_source']}
+            assert src[('radiography', 'normal')] == 100 and sum(n for (sc, _), n in src.items() if sc != 'radiography') == 639
+    runs = s['runs']
+    assert all('covidx-v1-adult' in r['trained_on'] for r in runs['COVIDx-v1 + adult normals'])
+    assert not any('covidx-v1-adult' in r['trained_on'] for r in runs['COVIDx-v1'])
+    p = s['paired_covid_calls']['COVIDx-v1 + adult normals']
+    assert p['n'] == 100 and p['only_a'] + p['only_b'] + p['both'] + p['neither'] == 100 and 0 <= p['p_value'] <= 1
+    assert len(s['probes']) == 3                                         # two trained models and the untrained control
+    for d in s['probes'].values():
+        assert set(d) == {'all sources', 'normal films only'}
+        assert d['all sources']['sources'] == ['cohen', 'kermany', 'radiography'] and d['all sources']['n'] == 739
+        assert d['normal films only']['sources'] == ['kermany', 'radiography'] and d['normal films only']['n'] == 334
+        assert 0 <= d['all sources']['balanced_accuracy'] <= 1 and abs(d['all sources']['chance'] - 1 / 3) < 1e-12
+    assert len(s['gradcam']) == 6 and (rq / '14_shortcut_gradcam.png').is_file()
+    assert (rq / '14_shortcut.md').read_text().startswith('| trained on |')
+
+
+def test_shortcut_notebook_records_parameters(study):
+    nb = json.loads((study / 'reports' / 'quick' / '14_shortcut.ipynb').read_text())
+    assert nb['metadata']['papermill']['parameters']['n_boot'] == 200
+    out = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
+    assert 'device: cpu' in out
+    assert not any(o.get('output_type') == 'error' for c in nb['cells'] for o in c.get('outputs', []))
