@@ -12,7 +12,7 @@ OUT ?= out
 # quick (tiny images, subset, 1 epoch; writes reports/quick/) on CPU, full on CUDA
 PROFILE ?= $(shell $(BIN)/python -c "import torch; print('full' if torch.cuda.is_available() else 'quick')" 2>/dev/null || echo quick)
 
-.PHONY: env test study lab check-sync
+.PHONY: env test study study-wall lab check-sync
 
 env: $(BIN)/.installed
 
@@ -45,6 +45,14 @@ study: env
 	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
 	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
 	PROFILE=$(PROFILE) BIN=$(BIN) OUT=$(OUT) bash scripts/study.sh
+
+# The study as `make study` runs it, timed end to end (benchmarks/study_wall.sh): one record per run in
+# reports/study_wall.json (PROFILE=quick: reports/quick/study_wall.json).
+study-wall: env
+	@if [ ! -d "$(COVIDNEXT_SOURCES)" ]; then \
+	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
+	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
+	PROFILE=$(PROFILE) BIN=$(BIN) OUT=$(OUT) bash benchmarks/study_wall.sh
 
 lab: env
 	$(BIN)/python -m pip install -q jupyterlab

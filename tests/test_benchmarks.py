@@ -1,0 +1,98 @@
+"""benchmarks/train_throughput.py end to end in its tiny CPU version, on a small cache of real Kermany images, with
+the seed-style pipeline (a) reading a packed subset of the sources. Checks what the JSON holds, never the speed."""
+from __future__ import annotations
+import importlib.util, json, math, os, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from covidnext.cache import build_cache
+from covidnext.sources import read_kermany
+
+ROOT = Path(__file__).parents[1]
+SRC = Path(os.environ.get('COVIDNEXT_SOURCES', ROOT / '..' / 'shared' / 'data'))
+ENV = {**os.environ, 'OMP_NUM_THREADS': '2', 'PYTHONUNBUFFERED': '1'}
+REQUIRED = ('device', 'torch', 'img_s_seed_style', 'img_s_covidnext', 'img_s_ceiling', 'ratio_vs_ceiling', 'ratio_vs_seed')
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location('train_throughput', ROOT / 'benchmarks' / 'train_throughput.py')
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory) -> Path:
+    "36 real Kermany images (24 train, 12 val; normal, bacterial, viral) and their 32 px cache."
+    d = tmp_path_factory.mktemp('bench')
+    k = read_kermany(SRC / 'kermany-chest-xray-224')
+    k = pd.concat([g.sample(12, random_state=0) for _, g in k[k.label.isin(['normal', 'bacteria', 'viral'])].groupby('label')])
+    k['split'] = (['train'] * 8 + ['val'] * 4) * 3
+    k['path'] = [os.path.relpath(p, SRC) for p in k.path]
+    k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
+    return build_cache(d / 'split.csv', SRC, d / 'cache', size=32, workers=2, progress=False)
+
+
+def test_pack_sources_copies_a_stratified_sample(cache, tmp_path):
+    tt = _module()
+    info = tt.pack_sources(str(cache), None, str(SRC), str(tmp_path / 'src'), 12)
+    assert info['images'] == 12
+    copied = sorted(str(p.relative_to(tmp_path / 'src')) for p in (tmp_path / 'src').rglob('*') if p.is_file())
+    rows, listed = tt.seed_rows(str(cache), None, str(tmp_path / 'src'), 0)
+    assert listed == 24 and sorted(rows.path) == copied                 # (a) finds exactly the packed files
+    assert rows.label.value_counts().to_dict() == {'normal': 4, 'bacteria': 4, 'viral': 4}
+    assert (rows.split == 'train').all()
+
+
+def test_tiny_throughput_writes_the_json(cache, tmp_path):
+    tt = _module()
+    tt.pack_sources(str(cache), None, str(SRC), str(tmp_path / 'src'), 16)   # (a) on a machine with part of the sources
+    out = tmp_path / 'benchmarks.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'train_throughput.py'), '--tiny', '--cache', str(cache),
+                        '--arch', 'resnet18', '--subset', '16', '--sources', str(tmp_path / 'src'), '--workers', '1', '--out', str(out),
+                        '--run-dir', str(tmp_path / 'run')], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    for k in REQUIRED: assert k in res, k
+    assert res['complete'] and res['mode'] == 'tiny' and res['size'] == 32 and res['arch'] == 'resnet18'
+    for k in REQUIRED[2:]: assert isinstance(res[k], float) and math.isfinite(res[k]) and res[k] > 0, k
+    assert math.isclose(res['ratio_vs_ceiling'], res['img_s_covidnext'] / res['img_s_ceiling'])
+    assert math.isclose(res['ratio_vs_seed'], res['img_s_covidnext'] / res['img_s_seed_style'])
+    assert res['seed_style']['images_read'] == 16 and res['seed_style']['images_listed'] == 24
+    assert any('16 of the 24' in n for n in res['notes'])
+    assert 'b/c' in r.stdout and 'b/a' in r.stdout
+
+
+def test_cpu_benchmark_appends_runs(tmp_path):
+    "benchmarks/cpu.py, inference only at a tiny size: each run is added to `runs` and `summary` is their median."
+    spec = importlib.util.spec_from_file_location('cpu_bench', ROOT / 'benchmarks' / 'cpu.py')
+    cpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(cpu)
+    out = tmp_path / 'cpu.json'
+    args = ['--skip', 'cache,predict', '--archs', 'resnet18', '--batches', '1', '--size', '32', '--blocks', '1', '--out', str(out)]
+    cpu.main(args); res = cpu.main(args)
+    assert json.loads(out.read_text()) == res and len(res['runs']) == 2
+    assert res['machine']['cores'] == os.cpu_count() and res['machine']['torch']
+    s = res['summary']['inference_img_s']['resnet18']['batch_1']
+    assert s['n_runs'] == 2 and s['median'] > 0 and 0 <= res['runs'][1]['other_cpu_share']
+
+
+def test_study_wall_records_each_run(tmp_path):
+    "benchmarks/study_wall.sh around a stand-in study.sh: one record per run, failures and interruptions included."
+    (tmp_path / 'benchmarks').mkdir(); (tmp_path / 'scripts').mkdir()
+    (tmp_path / 'benchmarks' / 'study_wall.sh').write_text((ROOT / 'benchmarks' / 'study_wall.sh').read_text())
+    (tmp_path / 'scripts' / 'study.sh').write_text('sleep "${NAP:-0}"; echo "study $PROFILE $*"; exit "${RC:-0}"\n')
+    env = {**ENV, 'PROFILE': 'full', 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'EPOCHS': '30', 'CACHE': 'somewhere/v1-224',
+           'PYTHON': sys.executable, 'STUDY_WALL_OUT': str(tmp_path / 'wall.json')}
+    sh = ['bash', str(tmp_path / 'benchmarks' / 'study_wall.sh')]
+    r = subprocess.run(sh + ['--x'], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'study full --x' in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(sh, env={**env, 'RC': '3'}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3
+    p = subprocess.Popen(sh, env={**env, 'NAP': '30'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time; time.sleep(4); p.terminate(); p.communicate(timeout=60)
+    recs = json.loads((tmp_path / 'wall.json').read_text())
+    assert [x['status'] for x in recs] == ['ok', 'failed (exit 3)', 'interrupted']
+    a = recs[0]
+    assert (a['profile'], a['archs'], a['seeds'], a['epochs'], a['cache'], a['data_build']) == ('full', ['resnet18'], [0, 1], 30, 'v1-224', False)
+    assert a['device'] and a['torch'] and a['wall_s'] >= 0 and recs[2]['wall_s'] < 30
