@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 
 from covidnext.cache import build_cache
-from covidnext.sources import read_kermany
+from conftest import SRC, kermany_split
 
 ROOT = Path(__file__).parents[1]
-SRC = Path(os.environ.get('COVIDNEXT_SOURCES', ROOT / '..' / 'shared' / 'data'))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '2', 'PYTHONUNBUFFERED': '1'}
 REQUIRED = ('device', 'torch', 'img_s_seed_style', 'img_s_covidnext', 'img_s_ceiling', 'ratio_vs_ceiling', 'ratio_vs_seed')
 
@@ -26,12 +25,8 @@ def _module():
 def cache(tmp_path_factory) -> Path:
     "36 real Kermany images (24 train, 12 val; normal, bacterial, viral) and their 32 px cache."
     d = tmp_path_factory.mktemp('bench')
-    k = read_kermany(SRC / 'kermany-chest-xray-224')
-    k = pd.concat([g.sample(12, random_state=0) for _, g in k[k.label.isin(['normal', 'bacteria', 'viral'])].groupby('label')])
-    k['split'] = (['train'] * 8 + ['val'] * 4) * 3
-    k['path'] = [os.path.relpath(p, SRC) for p in k.path]
-    k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
-    return build_cache(d / 'split.csv', SRC, d / 'cache', size=32, workers=2, progress=False)
+    split = kermany_split(d, ('normal', 'bacteria', 'viral'), 12, ['train'] * 8 + ['val'] * 4)
+    return build_cache(split, SRC, d / 'cache', size=32, workers=2, progress=False)
 
 
 def test_pack_sources_copies_a_stratified_sample(cache, tmp_path):

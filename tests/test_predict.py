@@ -13,10 +13,9 @@ from torch import nn
 
 from covidnext.io import load_xray
 from covidnext.predict import Predictor, gradcam
-from covidnext.sources import read_kermany
+from conftest import SRC, kermany_split
 from covidnext.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 
-SRC = Path(os.environ.get('COVIDNEXT_SOURCES', Path(__file__).parents[1] / '..' / 'shared' / 'data'))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLASSES = ['normal', 'bacteria', 'viral', 'COVID-19']
 
@@ -36,11 +35,7 @@ def predict(*args, ok=(0,)): return cli('predict', 'predict_cli', 'covidnext-pre
 def data(tmp_path_factory) -> dict:
     "A real checkpoint (resnet18, 64 px, one epoch on 48 Kermany images) and a few held-out real images."
     d = tmp_path_factory.mktemp('predict')
-    k = read_kermany(SRC / 'kermany-chest-xray-224')
-    k = pd.concat([g.sample(32, random_state=1) for _, g in k[k.label.isin(['normal', 'bacteria'])].groupby('label')])
-    k['split'] = (['train'] * 24 + ['val'] * 8) * 2
-    k['path'] = [os.path.relpath(p, SRC) for p in k.path]
-    k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
+    k = pd.read_csv(kermany_split(d, ('normal', 'bacteria'), 32, ['train'] * 24 + ['val'] * 8, seed=1))
     torch.manual_seed(0)
     fit(TrainConfig(split_csv=str(d / 'split.csv'), sources=str(SRC), cache_root=str(d / 'cache'), size=64, arch='resnet18',
                     epochs=1, batch_size=8, augment=False, out=str(d / 'run'), progress=False, log_images=False, device='cpu'))

@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from covidnext.sources import read_kermany
+from conftest import SRC, kermany_split
 from covidnext.train import load_checkpoint
 
-SRC = Path(os.environ.get('COVIDNEXT_SOURCES', Path(__file__).parents[1] / '..' / 'shared' / 'data'))
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
@@ -20,13 +19,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 @pytest.fixture(scope='module')
 def split_csv(tmp_path_factory) -> Path:
     "96 train + 32 val real Kermany images (normal vs bacterial), and their 64 px cache."
-    d = tmp_path_factory.mktemp('data')
-    k = read_kermany(SRC / 'kermany-chest-xray-224')
-    k = pd.concat([g.sample(64, random_state=0) for _, g in k[k.label.isin(['normal', 'bacteria'])].groupby('label')])
-    k['split'] = ['train'] * 48 + ['val'] * 16 + ['train'] * 48 + ['val'] * 16
-    k['path'] = [os.path.relpath(p, SRC) for p in k.path]
-    k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
-    return d / 'split.csv'
+    return kermany_split(tmp_path_factory.mktemp('data'), ('normal', 'bacteria'), 64, ['train'] * 48 + ['val'] * 16)
 
 
 def train_args(split_csv, out, *extra) -> list:
