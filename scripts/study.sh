@@ -3,15 +3,20 @@
 # evaluation of each variant and seed, then the comparison with COVID-Net and COVID-Next, then HTML.
 # `make study` calls it with the environment set up; it needs only papermill, nbconvert and `covidnext` importable.
 #
-#   PROFILE=full|quick   full: 224 px, 30 epochs, every variant, 3 seeds, reports/; quick: tiny, reports/quick/
+#   PROFILE=full|cpu|quick  full: 224 px, 30 epochs, every variant, 3 seeds, reports/ (for a GPU);
+#                        cpu: resnet18 at 64 px, 8 epochs, 2 seeds, reports/cpu/ (about an hour on 2 CPU cores);
+#                        quick: tiny images and subsets, 1 epoch, reports/quick/ (a smoke test of every step)
 #   ARCHS, SEEDS         override the variants and seeds (space-separated)
 #   EPOCHS               override the epochs of the profile
 #   COVIDNEXT_SOURCES    the sources folder; OUT: where split.csv goes (out/)
 #   CACHE                a prebuilt image cache to train and evaluate from (for a machine without the sources)
 #   DATASET=0            skip the dataset report (it reads the sources)
 #   SHORTCUT=0           skip the age-shortcut step (adult normals: COVIDx-v1 + 1,000 adult films, 14_shortcut)
-#   SHORTCUT_ARCH        the variant trained on the adult split (default: resnet18)
-#   ADULT_CACHE          a prebuilt cache of out/covidx-v1-adult/split.csv (with CACHE, on a machine without the sources)
+#   SHORTCUT_ARCH        the variant of the age-shortcut step (default: resnet18)
+#   MITIGATIONS          the settings it screens on validation: <v1|adult>[-pad|-equalize|-srcaug|-all]
+#                        (default: adult adult-pad adult-equalize adult-srcaug adult-all v1-all)
+#   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv (with CACHE, on a machine without
+#                        the sources: then screen only settings without -pad/-all, which need the sources)
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 set -euo pipefail
 PROFILE=${PROFILE:-quick}
@@ -22,9 +27,13 @@ SPLIT=$OUT/covidx-v1/split.csv
 if [ "$PROFILE" = full ]; then
   ARCHS=${ARCHS:-covidnext50 resnext50_32x4d resnet18}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
   TRAIN=(-p epochs "${EPOCHS:-30}" -p size 224)
+elif [ "$PROFILE" = cpu ]; then
+  ARCHS=${ARCHS:-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/cpu; RUNS=runs/cpu
+  TRAIN=(-p epochs "${EPOCHS:-8}" -p size 64 -p ema 0.99)
 else
   ARCHS=${ARCHS:-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/quick; RUNS=runs/quick
   TRAIN=(-p epochs "${EPOCHS:-1}" -p size 32 -p subset 64 -p batch_size 16 -p ema 0.9)
+  MITIGATIONS=${MITIGATIONS:-adult adult-all}
 fi
 if [ -n "${CACHE:-}" ]; then DATA=(-p cache "$CACHE"); else DATA=(-p split_csv "$SPLIT" -p sources "$SOURCES"); fi
 PM=("$BIN/papermill" -k python3 --cwd . --no-progress-bar)
@@ -45,18 +54,47 @@ for a in $ARCHS; do
 done
 "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
 if [ "${SHORTCUT:-1}" = 1 ]; then
-  # The age shortcut: the same variant trained on COVIDx-v1 plus adult normals, against the COVIDx-v1 runs above.
-  SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv
-  if [ -n "${ADULT_CACHE:-}" ]; then ADATA=(-p cache "$ADULT_CACHE"); else
+  # The age shortcut. Each mitigation setting is trained with the first seed; covidnext-screen picks the best on the
+  # covidx-v1-adult validation split; the pick is trained with the other seeds; 14_shortcut compares it with the
+  # COVIDx-v1 runs above and reports every setting's held-out numbers.
+  SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv; S0=${SEEDS%% *}
+  if [ -z "${ADULT_CACHE:-}" ] || [ ! -f "$ADULT" ]; then
     "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --adult-normals --out "$OUT/covidx-v1-adult"
-    ADATA=(-p split_csv "$ADULT" -p sources "$SOURCES"); fi
-  for s in $SEEDS; do
-    echo "== $SA seed $s on covidx-v1-adult ($(( $(date +%s) - t0 )) s)"
-    "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_adult_${SA}_seed${s}.ipynb" -p arch "$SA" -p seed "$s" \
-      -p runs "$RUNS/covidx-v1-adult" "${ADATA[@]}" "${TRAIN[@]}"
+  fi
+  mitigation() {  # the 11_train parameters of a setting: <v1|adult>[-pad|-equalize|-srcaug|-all]
+    case "${1#*-}" in
+      v1|adult) ;; pad) echo "-p resize_mode pad" ;; equalize) echo "-p harmonize equalize" ;;
+      srcaug) echo "-p source_aug 0.5" ;; all) echo "-p resize_mode pad -p harmonize equalize -p source_aug 0.5" ;;
+      *) echo "unknown mitigation setting $1" >&2; exit 2 ;;
+    esac; }
+  data_for() {  # the data parameters of a setting: its split, from a prebuilt squash cache when there is one
+    local split=${1%%-*} pad=0; case "$1" in *-pad|*-all) pad=1 ;; esac
+    if [ "$split" = adult ]; then
+      if [ -n "${ADULT_CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi
+    elif [ -n "${CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $CACHE"; else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
+  train_setting() {  # setting seed
+    echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
+    # shellcheck disable=SC2046
+    "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \
+      -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
+  MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all}
+  for s in $SEEDS; do  # the reference: SHORTCUT_ARCH on COVIDx-v1, unless ARCHS trained it above
+    [ -f "$RUNS/$SA-seed$s/best.pt" ] || "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" -p arch "$SA" \
+      -p seed "$s" -p runs "$RUNS" "${DATA[@]}" "${TRAIN[@]}"
   done
+  CAND=("v1=$RUNS/$SA-seed$S0/best.pt")
+  for m in $MITIGATIONS; do train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
+  if [ -n "${ADULT_CACHE:-}" ]; then SDATA=(--cache "$ADULT_CACHE"); else SDATA=(--split-csv "$ADULT" --sources "$SOURCES"); fi
+  CHOSEN=$("$BIN/covidnext-screen" --runs "${CAND[@]}" --split-csv "$ADULT" "${SDATA[@]}" --out "$REPORTS/14_screen.json" | tail -1)
+  echo "== chosen on validation: $CHOSEN"
+  if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$RUNS/$SA-seed*/best.pt"; else
+    for s in $SEEDS; do [ "$s" = "$S0" ] || train_setting "$CHOSEN" "$s"; done
+    CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
+  if [ -n "${ADULT_CACHE:-}" ] && ! mitigation "$CHOSEN" | grep -q pad; then ADATA=(-p cache "$ADULT_CACHE"); else
+    ADATA=(-p split_csv "$ADULT" -p sources "$SOURCES"); fi
   "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$RUNS/$SA-seed*/best.pt" \
-    -p runs_adult "$RUNS/covidx-v1-adult/$SA-seed*/best.pt" "${ADATA[@]}" -p out "$REPORTS"
+    -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
+    "${ADATA[@]}" -p out "$REPORTS"
 fi
 "$BIN/jupyter" nbconvert --to html "$REPORTS"/1[1234]_*.ipynb
 echo "study done in $(( $(date +%s) - t0 )) s; reports in $REPORTS/"
