@@ -111,14 +111,25 @@ def study(splits, tmp_path_factory):
         for s in (0, 1):
             fit(TrainConfig(split_csv=str(w / 'out' / split / 'split.csv'), sources=str(SRC), cache_root=str(w / '.cache'), seed=s,
                             out=str(w / runs / f"{QUICK['arch']}-seed{s}"), progress=False, log_images=False, **QUICK))
+    # one mitigated setting for the screen: one geometry for all sources, equalization, source-breaking augmentations
+    fit(TrainConfig(split_csv=str(w / 'out' / 'covidx-v1-adult' / 'split.csv'), sources=str(SRC), cache_root=str(w / '.cache'),
+                    seed=0, out=str(w / 'runs/quick/shortcut/adult-all/resnet18-seed0'), progress=False, log_images=False,
+                    resize_mode='pad', harmonize='equalize', source_aug=0.5, **QUICK))
     train_s = time.time() - t0
     env = {**os.environ, 'COVIDNEXT_SOURCES': str(SRC), 'OMP_NUM_THREADS': '2'}
     (w / 'reports' / 'quick').mkdir(parents=True)
     t0 = time.time()
+    r = subprocess.run([BIN / 'covidnext-screen', '--runs', 'v1=runs/quick/resnet18-seed0/best.pt',
+                        'adult=runs/quick/covidx-v1-adult/resnet18-seed*/best.pt', 'adult-all=runs/quick/shortcut/adult-all/resnet18-seed0/best.pt',
+                        '--split-csv', 'out/covidx-v1-adult/split.csv', '--out', 'reports/quick/14_screen.json', '--cache-root', '.cache'],
+                       cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    (w / 'chosen.txt').write_text(r.stdout.strip().splitlines()[-1])
     r = subprocess.run([BIN / 'papermill', '-k', 'python3', '--cwd', '.', '--no-progress-bar', 'nbs/study/14_shortcut.ipynb',
                         'reports/quick/14_shortcut.ipynb', '-p', 'runs_v1', 'runs/quick/resnet18-seed*/best.pt',
                         '-p', 'runs_adult', 'runs/quick/covidx-v1-adult/resnet18-seed*/best.pt', '-p', 'n_boot', '200',
-                        '-p', 'out', 'reports/quick'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+                        '-p', 'screen', 'reports/quick/14_screen.json', '-p', 'out', 'reports/quick'],
+                       cwd=w, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     print(f"quick models trained in {train_s:.0f} s; 14_shortcut ran in {time.time() - t0:.0f} s")
     return w
@@ -158,3 +169,18 @@ def test_shortcut_notebook_records_parameters(study):
     out = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
     assert 'device: cpu' in out
     assert not any(o.get('output_type') == 'error' for c in nb['cells'] for o in c.get('outputs', []))
+
+
+def test_screen_chooses_on_validation(study):
+    "covidnext-screen measures each setting on the covidx-v1-adult val split (100 adult normals) and picks the best mean macro-F1."
+    sc = json.loads((study / 'reports' / 'quick' / '14_screen.json').read_text())
+    runs = pd.DataFrame(sc['runs'])
+    assert runs.setting.tolist() == ['v1', 'adult', 'adult', 'adult-all'] and (runs.val_adult_n == 100).all()
+    best = runs.groupby('setting').val_macro_f1.mean().idxmax()
+    assert sc['chosen'] == best == (study / 'chosen.txt').read_text()
+    allm = runs[runs.setting == 'adult-all'].iloc[0]
+    assert (allm.resize_mode, allm.harmonize, allm.source_aug) == ('pad', 'equalize', 0.5)
+    s = json.loads((study / 'reports' / 'quick' / '14_shortcut.json').read_text())
+    assert s['screen']['chosen'] == sc['chosen'] and len(s['screen']['runs']) == 4
+    for r in s['screen']['runs']:                                         # every setting's held-out numbers, after the choice
+        assert 0 <= r['test_adult_false_covid'] <= 1 and 0 <= r['test_macro_f1'] <= 1
