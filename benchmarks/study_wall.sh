@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The end-to-end wall time of the study: runs scripts/study.sh (arguments and environment pass through: PROFILE,
-# ARCHS, SEEDS, EPOCHS, CACHE, DATASET, BIN, OUT, COVIDNEXT_SOURCES) and adds one record, one line, to a JSON list:
+# ARCHS, SEEDS, EPOCHS, CACHE, DATASET, BIN, OUT, COVIDNEXT_SOURCES, PARALLEL, SHORTCUT, MITIGATIONS) and adds one record, one line, to a JSON list:
 # the profile, archs, seeds, epochs, device, torch, whether the data build was in it, the wall seconds and the exit
 # status. A run stopped by SIGTERM/SIGINT (e.g. a time limit) is recorded too, as "interrupted" with its seconds so far.
 #
@@ -19,6 +19,9 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$BIN/python" ]; then PY=$BI
 if [ "$PROFILE" = full ]; then
   archs=${ARCHS:-covidnext50 resnext50_32x4d resnet18}; seeds=${SEEDS:-0 1 2}; epochs=${EPOCHS:-30}; size=224
   OUTFILE=${STUDY_WALL_OUT:-reports/study_wall.json}
+elif [ "$PROFILE" = cpu ]; then
+  archs=${ARCHS:-resnet18}; seeds=${SEEDS:-0 1}; epochs=${EPOCHS:-8}; size=64
+  OUTFILE=${STUDY_WALL_OUT:-reports/cpu/study_wall.json}
 else
   archs=${ARCHS:-resnet18}; seeds=${SEEDS:-0 1}; epochs=${EPOCHS:-1}; size=32
   OUTFILE=${STUDY_WALL_OUT:-reports/quick/study_wall.json}
@@ -34,7 +37,7 @@ else:
 
 record() {  # status, seconds
   STATUS=$1 WALL=$2 DEVICE=${device%%|*} TORCH=${device##*|} ARCHS_=$archs SEEDS_=$seeds EPOCHS_=$epochs SIZE_=$size \
-  DATA_BUILD=$data_build STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
+  DATA_BUILD=$data_build PARALLEL_=${PARALLEL:-1} SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
   DIRTY=$(git status --porcelain -- covidnext nbs scripts 2>/dev/null | grep -q . && echo true || echo false) \
   "$PY" - <<'EOF' || echo "study_wall: could not write the record" >&2
 import json, os
@@ -43,6 +46,7 @@ e = os.environ
 rec = dict(profile=e['PROFILE'], archs=e['ARCHS_'].split(), seeds=[int(s) for s in e['SEEDS_'].split()],
            epochs=int(e['EPOCHS_']), size=int(e['SIZE_']), device=e['DEVICE'], torch=e['TORCH'], cores=os.cpu_count(),
            data_build=e['DATA_BUILD'] == 'true', cache=Path(e['CACHE']).name if e.get('CACHE') else None,
+           parallel=int(e['PARALLEL_']), shortcut=e['SHORTCUT_'] != '0', mitigations=e['MITIGATIONS_'].split(),
            status=e['STATUS'], wall_s=round(float(e['WALL']), 1), started_utc=e['STARTED'],
            commit=e['COMMIT'], uncommitted_changes=e['DIRTY'] == 'true')
 out = Path(e['OUTFILE'])

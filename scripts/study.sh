@@ -18,6 +18,7 @@
 #   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv (with CACHE, on a machine without
 #                        the sources: then screen only settings without -pad/-all, which need the sources)
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
+#   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
 set -euo pipefail
 PROFILE=${PROFILE:-quick}
 BIN=${BIN:-.venv/bin}
@@ -43,22 +44,27 @@ if [ "${DATASET:-1}" = 1 ]; then
   "${PM[@]}" nbs/study/10_dataset.ipynb reports/10_dataset.ipynb -p sources "$SOURCES" -p out "$OUT/covidx-v1"
   "$BIN/jupyter" nbconvert --to html reports/10_dataset.ipynb
 fi
-for a in $ARCHS; do
-  for s in $SEEDS; do
-    echo "== $a seed $s ($(( $(date +%s) - t0 )) s)"
-    "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${a}_seed${s}.ipynb" -p arch "$a" -p seed "$s" -p runs "$RUNS" \
-      "${DATA[@]}" "${TRAIN[@]}"
-    "${PM[@]}" nbs/study/12_evaluate.ipynb "$REPORTS/12_evaluate_${a}_seed${s}.ipynb" -p name "${a}_seed${s}" \
-      -p checkpoint "$RUNS/$a-seed$s/best.pt" -p out "$REPORTS" "${DATA[@]}"
-  done
-done
+# PARALLEL=N runs up to N training runs (each with its evaluation) at once: on one GPU their start-up, data loading
+# and evaluation overlap each other's training; under set -e a failed job stops the study at the next wait.
+PARALLEL=${PARALLEL:-1}; JOBS=()
+spawn() { "$@" & JOBS+=($!); [ ${#JOBS[@]} -lt "$PARALLEL" ] || wait_jobs; }
+wait_jobs() { local p st=0; for p in "${JOBS[@]}"; do wait "$p" || st=$?; done; JOBS=()
+  [ $st = 0 ] || { echo "study: a step failed (exit $st); see above" >&2; exit $st; }; }
+train_eval() {  # arch seed
+  echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
+  "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" -p arch "$1" -p seed "$2" -p runs "$RUNS" \
+    "${DATA[@]}" "${TRAIN[@]}"
+  "${PM[@]}" nbs/study/12_evaluate.ipynb "$REPORTS/12_evaluate_${1}_seed${2}.ipynb" -p name "${1}_seed${2}" \
+    -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"; }
+for a in $ARCHS; do for s in $SEEDS; do spawn train_eval "$a" "$s"; done; done
+wait_jobs
 "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
 if [ "${SHORTCUT:-1}" = 1 ]; then
   # The age shortcut. Each mitigation setting is trained with the first seed; covidnext-screen picks the best on the
   # covidx-v1-adult validation split; the pick is trained with the other seeds; 14_shortcut compares it with the
   # COVIDx-v1 runs above and reports every setting's held-out numbers.
   SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv; S0=${SEEDS%% *}
-  if [ -z "${ADULT_CACHE:-}" ] || [ ! -f "$ADULT" ]; then
+  if [ -z "${ADULT_CACHE:-}" ]; then
     "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --adult-normals --out "$OUT/covidx-v1-adult"
   fi
   mitigation() {  # the 11_train parameters of a setting: <v1|adult>[-pad|-equalize|-srcaug|-all]
@@ -79,16 +85,17 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
       -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
   MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all}
   for s in $SEEDS; do  # the reference: SHORTCUT_ARCH on COVIDx-v1, unless ARCHS trained it above
-    [ -f "$RUNS/$SA-seed$s/best.pt" ] || "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" -p arch "$SA" \
-      -p seed "$s" -p runs "$RUNS" "${DATA[@]}" "${TRAIN[@]}"
+    [ -f "$RUNS/$SA-seed$s/best.pt" ] || spawn "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" \
+      -p arch "$SA" -p seed "$s" -p runs "$RUNS" "${DATA[@]}" "${TRAIN[@]}"
   done
   CAND=("v1=$RUNS/$SA-seed$S0/best.pt")
-  for m in $MITIGATIONS; do train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
+  for m in $MITIGATIONS; do spawn train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
+  wait_jobs
   if [ -n "${ADULT_CACHE:-}" ]; then SDATA=(--cache "$ADULT_CACHE"); else SDATA=(--split-csv "$ADULT" --sources "$SOURCES"); fi
   CHOSEN=$("$BIN/covidnext-screen" --runs "${CAND[@]}" --split-csv "$ADULT" "${SDATA[@]}" --out "$REPORTS/14_screen.json" | tail -1)
   echo "== chosen on validation: $CHOSEN"
   if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$RUNS/$SA-seed*/best.pt"; else
-    for s in $SEEDS; do [ "$s" = "$S0" ] || train_setting "$CHOSEN" "$s"; done
+    for s in $SEEDS; do [ "$s" = "$S0" ] || spawn train_setting "$CHOSEN" "$s"; done; wait_jobs
     CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
   if [ -n "${ADULT_CACHE:-}" ] && ! mitigation "$CHOSEN" | grep -q pad; then ADATA=(-p cache "$ADULT_CACHE"); else
     ADATA=(-p split_csv "$ADULT" -p sources "$SOURCES"); fi
