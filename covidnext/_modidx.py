@@ -295,4 +295,5 @@ d = { 'settings': { 'branch': 'main',
                                  'covidnext.train.subset_rows': ('train.html#subset_rows', 'covidnext/train.py'),
                                  'covidnext.train.train_cli': ('train.html#train_cli', 'covidnext/train.py'),
                                  'covidnext.train.train_one_epoch': ('train.html#train_one_epoch', 'covidnext/train.py'),
+                                 'covidnext.train.usable_rows': ('train.html#usable_rows', 'covidnext/train.py'),
                                  'covidnext.train.validate': ('train.html#validate', 'covidnext/train.py')}}}

@@ -6,7 +6,7 @@
 #   PROFILE=full|cpu|quick  full: 224 px, 30 epochs, every variant, 3 seeds, reports/ (for a GPU);
 #                        cpu: resnet18 at 64 px, 8 epochs, 2 seeds, reports/cpu/ (about an hour on 2 CPU cores);
 #                        quick: tiny images and subsets, 1 epoch, reports/quick/ (a smoke test of every step)
-#   ARCHS, SEEDS         override the variants and seeds (space-separated)
+#   ARCHS, SEEDS         override the variants and seeds (space-separated; ARCHS= trains no variant)
 #   EPOCHS               override the epochs of the profile
 #   COVIDNEXT_SOURCES    the sources folder; OUT: where split.csv goes (out/)
 #   CACHE                a prebuilt image cache to train and evaluate from (for a machine without the sources)
@@ -15,8 +15,9 @@
 #   SHORTCUT_ARCH        the variant of the age-shortcut step (default: resnet18)
 #   MITIGATIONS          the settings it screens on validation: <v1|adult>[-pad|-equalize|-srcaug|-all]
 #                        (default: adult adult-pad adult-equalize adult-srcaug adult-all v1-all)
-#   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv (with CACHE, on a machine without
-#                        the sources: then screen only settings without -pad/-all, which need the sources)
+#   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv, for a machine without the sources;
+#                        it also serves the COVIDx-v1 reference runs (drop_sources=radiography), so `ARCHS= ADULT_CACHE=...`
+#                        runs the age-shortcut step alone; there, screen only settings without -pad/-all (they need the sources)
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 #   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
 set -euo pipefail
@@ -26,13 +27,13 @@ OUT=${OUT:-out}
 SOURCES=${COVIDNEXT_SOURCES:-../shared/data}
 SPLIT=$OUT/covidx-v1/split.csv
 if [ "$PROFILE" = full ]; then
-  ARCHS=${ARCHS:-covidnext50 resnext50_32x4d resnet18}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
+  ARCHS=${ARCHS-covidnext50 resnext50_32x4d resnet18}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
   TRAIN=(-p epochs "${EPOCHS:-30}" -p size 224)
 elif [ "$PROFILE" = cpu ]; then
-  ARCHS=${ARCHS:-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/cpu; RUNS=runs/cpu
+  ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/cpu; RUNS=runs/cpu
   TRAIN=(-p epochs "${EPOCHS:-8}" -p size 64 -p ema 0.99)
 else
-  ARCHS=${ARCHS:-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/quick; RUNS=runs/quick
+  ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/quick; RUNS=runs/quick
   TRAIN=(-p epochs "${EPOCHS:-1}" -p size 32 -p subset 64 -p batch_size 16 -p ema 0.9)
   MITIGATIONS=${MITIGATIONS:-adult adult-all}
 fi
@@ -58,7 +59,7 @@ train_eval() {  # arch seed
     -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"; }
 for a in $ARCHS; do for s in $SEEDS; do spawn train_eval "$a" "$s"; done; done
 wait_jobs
-"${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
+[ -z "$ARCHS" ] || "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
 if [ "${SHORTCUT:-1}" = 1 ]; then
   # The age shortcut. Each mitigation setting is trained with the first seed; covidnext-screen picks the best on the
   # covidx-v1-adult validation split; the pick is trained with the other seeds; 14_shortcut compares it with the
@@ -77,7 +78,9 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
     local split=${1%%-*} pad=0; case "$1" in *-pad|*-all) pad=1 ;; esac
     if [ "$split" = adult ]; then
       if [ -n "${ADULT_CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi
-    elif [ -n "${CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $CACHE"; else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
+    elif [ $pad = 0 ] && [ -n "${CACHE:-}" ]; then echo "-p cache $CACHE"
+    elif [ $pad = 0 ] && [ -n "${ADULT_CACHE:-}" ]; then echo "-p cache $ADULT_CACHE -p drop_sources radiography"
+    else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
   train_setting() {  # setting seed
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
@@ -85,8 +88,9 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
       -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
   MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all}
   for s in $SEEDS; do  # the reference: SHORTCUT_ARCH on COVIDx-v1, unless ARCHS trained it above
+    # shellcheck disable=SC2046
     [ -f "$RUNS/$SA-seed$s/best.pt" ] || spawn "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" \
-      -p arch "$SA" -p seed "$s" -p runs "$RUNS" "${DATA[@]}" "${TRAIN[@]}"
+      -p arch "$SA" -p seed "$s" -p runs "$RUNS" $(data_for v1) "${TRAIN[@]}"
   done
   CAND=("v1=$RUNS/$SA-seed$S0/best.pt")
   for m in $MITIGATIONS; do spawn train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
