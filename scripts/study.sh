@@ -15,9 +15,9 @@
 #   SHORTCUT_ARCH        the variant of the age-shortcut step (default: resnet18)
 #   MITIGATIONS          the settings it screens on validation: <v1|adult>[-pad|-equalize|-srcaug|-all]
 #                        (default: adult adult-pad adult-equalize adult-srcaug adult-all v1-all)
-#   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv, for a machine without the sources;
-#                        it also serves the COVIDx-v1 reference runs (drop_sources=radiography), so `ARCHS= ADULT_CACHE=...`
-#                        runs the age-shortcut step alone; there, screen only settings without -pad/-all (they need the sources)
+#   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv, for a machine without the sources:
+#                        without CACHE it serves every COVIDx-v1 run too (drop_sources=radiography leaves the adult films
+#                        out), so it is the one file such a machine needs; screen only settings without -pad/-all there
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 #   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
 set -euo pipefail
@@ -37,7 +37,9 @@ else
   TRAIN=(-p epochs "${EPOCHS:-1}" -p size 32 -p subset 64 -p batch_size 16 -p ema 0.9)
   MITIGATIONS=${MITIGATIONS:-adult adult-all}
 fi
-if [ -n "${CACHE:-}" ]; then DATA=(-p cache "$CACHE"); else DATA=(-p split_csv "$SPLIT" -p sources "$SOURCES"); fi
+if [ -n "${CACHE:-}" ]; then DATA=(-p cache "$CACHE")
+elif [ -n "${ADULT_CACHE:-}" ]; then DATA=(-p cache "$ADULT_CACHE" -p drop_sources radiography)  # COVIDx-v1 = it without the adult films
+else DATA=(-p split_csv "$SPLIT" -p sources "$SOURCES"); fi
 PM=("$BIN/papermill" -k python3 --cwd . --no-progress-bar)
 mkdir -p "$REPORTS" "$OUT"
 t0=$(date +%s)
@@ -78,9 +80,7 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
     local split=${1%%-*} pad=0; case "$1" in *-pad|*-all) pad=1 ;; esac
     if [ "$split" = adult ]; then
       if [ -n "${ADULT_CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi
-    elif [ $pad = 0 ] && [ -n "${CACHE:-}" ]; then echo "-p cache $CACHE"
-    elif [ $pad = 0 ] && [ -n "${ADULT_CACHE:-}" ]; then echo "-p cache $ADULT_CACHE -p drop_sources radiography"
-    else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
+    elif [ $pad = 0 ]; then echo "${DATA[*]}"; else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
   train_setting() {  # setting seed
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046

@@ -186,23 +186,29 @@ def test_screen_chooses_on_validation(study):
         assert 0 <= r['test_adult_false_covid'] <= 1 and 0 <= r['test_macro_f1'] <= 1
 
 
-def test_shortcut_step_alone_from_one_cache(splits, tmp_path):
-    """The age-shortcut step of the study script where the sources are absent (as on a GPU machine): one
-    covidx-v1-adult cache serves the COVIDx-v1 reference runs (drop_sources=radiography) and every screened setting."""
+def test_study_from_one_adult_cache(splits, tmp_path):
+    """The study script where the sources are absent (as on a GPU machine), from one covidx-v1-adult cache: the
+    COVIDx-v1 runs and their evaluation leave the adult films out (drop_sources=radiography), the age-shortcut step
+    screens its settings on the same cache."""
     from covidnext.cache import build_cache
     w = tmp_path
     shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study'); shutil.copytree(ROOT / 'scripts', w / 'scripts')
     cache = build_cache(splits / 'covidx-v1-adult' / 'split.csv', SRC, w / '.cache', 32, progress=False)
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': '', 'SEEDS': '0 1', 'DATASET': '0', 'PARALLEL': '2',
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'DATASET': '0', 'PARALLEL': '2',
            'ADULT_CACHE': str(cache), 'COVIDNEXT_SOURCES': str(w / 'no-sources'), 'MITIGATIONS': 'adult v1-equalize',
            'OMP_NUM_THREADS': '1'}
     r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    sc = json.loads((w / 'reports' / 'quick' / '14_screen.json').read_text())
-    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'v1-equalize'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
+    rq = w / 'reports' / 'quick'
     ref = json.loads((w / 'runs' / 'quick' / 'resnet18-seed0' / 'config.json').read_text())
     assert ref['drop_sources'] == 'radiography' and ref['cache'] == str(cache)
+    for split, n in (('val', 530), ('test', 639)):                        # COVIDx-v1's own splits, no adult film
+        res = json.loads((rq / '12_evaluate_resnet18_seed0' / f'{split}_results.json').read_text())
+        assert res['n'] == n and res['meta']['drop_sources'] == 'radiography', (split, res['n'])
+    assert (rq / '13_compare_covidnet.json').is_file()
+    sc = json.loads((rq / '14_screen.json').read_text())
+    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'v1-equalize'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
     assert json.loads((w / 'runs' / 'quick' / 'shortcut' / 'v1-equalize' / 'resnet18-seed0' / 'config.json').read_text())['harmonize'] == 'equalize'
-    s = json.loads((w / 'reports' / 'quick' / '14_shortcut.json').read_text())
+    s = json.loads((rq / '14_shortcut.json').read_text())
     assert s['screen']['chosen'] == sc['chosen'] and s['variants']['COVIDx-v1']['n_models'] == 2
-    assert (w / 'reports' / 'quick' / '14_shortcut.html').is_file() and not (w / 'reports' / 'quick' / '13_compare_covidnet.ipynb').exists()
+    assert (rq / '14_shortcut.html').is_file()
