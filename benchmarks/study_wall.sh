@@ -17,7 +17,7 @@ export PROFILE=${PROFILE:-quick}
 BIN=${BIN:-.venv/bin}
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$BIN/python" ]; then PY=$BIN/python; else PY=python3; fi
 if [ "$PROFILE" = full ]; then
-  archs=${ARCHS:-covidnext50 resnext50_32x4d resnet18}; seeds=${SEEDS:-0 1 2}; epochs=${EPOCHS:-30}; size=224
+  archs=${ARCHS-covidnext50 resnext50_32x4d resnet18 covidnext50-frozen}; seeds=${SEEDS:-0 1 2}; epochs=${EPOCHS:-30}; size=224
   OUTFILE=${STUDY_WALL_OUT:-reports/study_wall.json}
 elif [ "$PROFILE" = cpu ]; then
   archs=${ARCHS:-resnet18}; seeds=${SEEDS:-0 1}; epochs=${EPOCHS:-8}; size=64

@@ -3,10 +3,12 @@
 # evaluation of each variant and seed, then the comparison with COVID-Net and COVID-Next, then HTML.
 # `make study` calls it with the environment set up; it needs only papermill, nbconvert and `covidnext` importable.
 #
-#   PROFILE=full|cpu|quick  full: 224 px, 30 epochs, every variant, 3 seeds, reports/ (for a GPU);
+#   PROFILE=full|cpu|quick  full: 224 px, 30 epochs, every variant (covidnext50, resnext50_32x4d, resnet18,
+#                        covidnext50-frozen), 3 seeds, reports/ (for a GPU);
 #                        cpu: resnet18 at 64 px, 8 epochs, 2 seeds, reports/cpu/ (about an hour on 2 CPU cores);
 #                        quick: tiny images and subsets, 1 epoch, reports/quick/ (a smoke test of every step)
-#   ARCHS, SEEDS         override the variants and seeds (space-separated; ARCHS= trains no variant)
+#   ARCHS, SEEDS         override the variants and seeds (space-separated; ARCHS= trains no variant); a variant is a
+#                        model name, or <model>-frozen for the seed's frozen backbone (here without ImageNet weights)
 #   EPOCHS               override the epochs of the profile
 #   COVIDNEXT_SOURCES    the sources folder; OUT: where split.csv goes (out/)
 #   CACHE                a prebuilt image cache to train and evaluate from (for a machine without the sources)
@@ -27,7 +29,7 @@ OUT=${OUT:-out}
 SOURCES=${COVIDNEXT_SOURCES:-../shared/data}
 SPLIT=$OUT/covidx-v1/split.csv
 if [ "$PROFILE" = full ]; then
-  ARCHS=${ARCHS-covidnext50 resnext50_32x4d resnet18}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
+  ARCHS=${ARCHS-covidnext50 resnext50_32x4d resnet18 covidnext50-frozen}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
   TRAIN=(-p epochs "${EPOCHS:-30}" -p size 224)
 elif [ "$PROFILE" = cpu ]; then
   ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/cpu; RUNS=runs/cpu
@@ -53,9 +55,12 @@ PARALLEL=${PARALLEL:-1}; JOBS=()
 spawn() { "$@" & JOBS+=($!); [ ${#JOBS[@]} -lt "$PARALLEL" ] || wait_jobs; }
 wait_jobs() { local p st=0; for p in "${JOBS[@]}"; do wait "$p" || st=$?; done; JOBS=()
   [ $st = 0 ] || { echo "study: a step failed (exit $st); see above" >&2; exit $st; }; }
-train_eval() {  # arch seed
+variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
+  case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
+train_eval() {  # variant seed
   echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
-  "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" -p arch "$1" -p seed "$2" -p runs "$RUNS" \
+  # shellcheck disable=SC2046
+  "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
     "${DATA[@]}" "${TRAIN[@]}"
   "${PM[@]}" nbs/study/12_evaluate.ipynb "$REPORTS/12_evaluate_${1}_seed${2}.ipynb" -p name "${1}_seed${2}" \
     -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"; }
