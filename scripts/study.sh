@@ -81,11 +81,11 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
       srcaug) echo "-p source_aug 0.5" ;; all) echo "-p resize_mode pad -p harmonize equalize -p source_aug 0.5" ;;
       *) echo "unknown mitigation setting $1" >&2; exit 2 ;;
     esac; }
+  pads() { case "$1" in *-pad|*-all) return 0 ;; esac; return 1; }  # letterboxes: needs the sources, not a squash cache
+  adult_data() {  # the covidx-v1-adult data parameters at a setting's geometry
+    if [ -n "${ADULT_CACHE:-}" ] && ! pads "$1"; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi; }
   data_for() {  # the data parameters of a setting: its split, from a prebuilt squash cache when there is one
-    local split=${1%%-*} pad=0; case "$1" in *-pad|*-all) pad=1 ;; esac
-    if [ "$split" = adult ]; then
-      if [ -n "${ADULT_CACHE:-}" ] && [ $pad = 0 ]; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi
-    elif [ $pad = 0 ]; then echo "${DATA[*]}"; else echo "-p split_csv $SPLIT -p sources $SOURCES"; fi; }
+    case "$1" in adult*) adult_data "$1" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
@@ -106,8 +106,7 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$RUNS/$SA-seed*/best.pt"; else
     for s in $SEEDS; do [ "$s" = "$S0" ] || spawn train_setting "$CHOSEN" "$s"; done; wait_jobs
     CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
-  if [ -n "${ADULT_CACHE:-}" ] && ! mitigation "$CHOSEN" | grep -q pad; then ADATA=(-p cache "$ADULT_CACHE"); else
-    ADATA=(-p split_csv "$ADULT" -p sources "$SOURCES"); fi
+  read -r -a ADATA <<< "$(adult_data "$CHOSEN")"
   "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$RUNS/$SA-seed*/best.pt" \
     -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
     "${ADATA[@]}" -p out "$REPORTS"
