@@ -22,6 +22,10 @@
 #                        out), so it is the one file such a machine needs; screen only settings without -pad/-all there
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 #   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
+#   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
+#                        again (the reports are enough, no checkpoint needed), a stopped training run continues from
+#                        its last.pt, a finished screen setting is not trained again; the comparison and the
+#                        shortcut report are made again from everything there
 set -euo pipefail
 PROFILE=${PROFILE:-quick}
 BIN=${BIN:-.venv/bin}
@@ -43,6 +47,7 @@ if [ -n "${CACHE:-}" ]; then DATA=(-p cache "$CACHE")
 elif [ -n "${ADULT_CACHE:-}" ]; then DATA=(-p cache "$ADULT_CACHE" -p drop_sources radiography)  # COVIDx-v1 = it without the adult films
 else DATA=(-p split_csv "$SPLIT" -p sources "$SOURCES"); fi
 PM=("$BIN/papermill" -k python3 --cwd . --no-progress-bar)
+RESUME=${RESUME:-0}; if [ "$RESUME" = 1 ]; then TRAIN+=(-p resume True); fi
 mkdir -p "$REPORTS" "$OUT"
 t0=$(date +%s)
 if [ "${DATASET:-1}" = 1 ]; then
@@ -57,7 +62,9 @@ wait_jobs() { local p st=0; for p in "${JOBS[@]}"; do wait "$p" || st=$?; done; 
   [ $st = 0 ] || { echo "study: a step failed (exit $st); see above" >&2; exit $st; }; }
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
+evaluated() { [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; }  # variant seed
 train_eval() {  # variant seed
+  if [ "$RESUME" = 1 ] && evaluated "$1" "$2"; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"; return; fi
   echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
   # shellcheck disable=SC2046
   "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
@@ -87,6 +94,7 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   data_for() {  # the data parameters of a setting: its split, from a prebuilt squash cache when there is one
     case "$1" in adult*) adult_data "$1" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
+    if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
     "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \

@@ -81,3 +81,27 @@ def test_readme_table_equals_comparison():
     m = re.search(r'<!-- comparison:begin -->\n(.*?)<!-- comparison:end -->', readme, re.S)
     assert m, 'README has no comparison table between the markers'
     assert m.group(1).strip() == (GPU_REPORTS / '13_compare_covidnet.md').read_text().strip()
+
+
+def test_resume_picks_up_a_stopped_study(quick, tmp_path):
+    "RESUME=1 keeps every evaluated run, continues a run whose evaluation is missing from its last.pt, and adds new seeds."
+    w = tmp_path / 'w'
+    shutil.copytree(quick, w, symlinks=True)
+    rq = w / 'reports' / 'quick'
+    (rq / '12_evaluate_resnet18_seed1' / 'test_results.json').unlink()     # stopped before its evaluation finished
+    kept = (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns
+    hist1 = json.loads((w / 'runs' / 'quick' / 'resnet18-seed1' / 'summary.json').read_text())['history']
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1 2', 'SHORTCUT': '0',
+           'DATASET': '0', 'RESUME': '1', 'OMP_NUM_THREADS': '2'}
+    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert 'resnet18 seed 0: evaluated already, kept (RESUME=1)' in r.stdout
+    assert (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns == kept
+    nb = json.loads((rq / '11_train_resnet18_seed1.ipynb').read_text())
+    assert nb['metadata']['papermill']['parameters']['resume'] is True
+    # the finished run was not trained again: same history, read back from its last.pt
+    assert json.loads((w / 'runs' / 'quick' / 'resnet18-seed1' / 'summary.json').read_text())['history'] == hist1
+    assert (rq / '12_evaluate_resnet18_seed1' / 'test_results.json').is_file()
+    cmp = json.loads((rq / '13_compare_covidnet.json').read_text())
+    assert cmp['variants'][0]['seeds'] == [0, 1, 2]
+    _check_table(rq)
