@@ -56,6 +56,10 @@ def _check_table(reports: Path):
     again = compare_runs(reports, [dict(name=v['arch'], params=v['params'], gmacs=v['gmacs']) for v in cmp['variants']],
                          n_boot=cmp_boot(reports))
     assert again['variants'] == cmp['variants'] and again['headline'] == cmp['headline']
+    assert again.get('combined') == cmp.get('combined')
+    if cmp.get('combined'):                     # every end-to-end run, averaged
+        c = cmp['combined']
+        assert c['n_seeds'] == sum(v['n_seeds'] for v in cmp['variants'] if v['arch'] in c['members'])
 
 
 def cmp_boot(reports: Path) -> int:
