@@ -62,9 +62,8 @@ wait_jobs() { local p st=0; for p in "${JOBS[@]}"; do wait "$p" || st=$?; done; 
   [ $st = 0 ] || { echo "study: a step failed (exit $st); see above" >&2; exit $st; }; }
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
-evaluated() { [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; }  # variant seed
 train_eval() {  # variant seed
-  if [ "$RESUME" = 1 ] && evaluated "$1" "$2"; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"; return; fi
+  if [ "$RESUME" = 1 ] && [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"; return; fi
   echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
   # shellcheck disable=SC2046
   "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" $(variant "$1") -p seed "$2" -p runs "$RUNS" \

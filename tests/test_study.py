@@ -12,15 +12,20 @@ SRC = Path(os.environ.get('COVIDNEXT_SOURCES', ROOT / '..' / 'shared' / 'data'))
 BIN = Path(sys.executable).parent
 
 
+def run_study(w: Path, **env) -> subprocess.CompletedProcess:
+    "scripts/study.sh in the quick profile, in the scratch copy `w`, without the age-shortcut step; `env` adds to it."
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SHORTCUT': '0',
+           'OMP_NUM_THREADS': '2', **env}
+    return subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory) -> Path:
     "A scratch copy of the study, run end to end in the quick profile."
     w = tmp_path_factory.mktemp('study')
     shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study')
     shutil.copytree(ROOT / 'scripts', w / 'scripts')
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1', 'SHORTCUT': '0',
-           'OMP_NUM_THREADS': '2'}
-    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    r = run_study(w, SEEDS='0 1')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return w
 
@@ -95,9 +100,7 @@ def test_resume_picks_up_a_stopped_study(quick, tmp_path):
     (rq / '12_evaluate_resnet18_seed1' / 'test_results.json').unlink()     # stopped before its evaluation finished
     kept = (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns
     hist1 = json.loads((w / 'runs' / 'quick' / 'resnet18-seed1' / 'summary.json').read_text())['history']
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'COVIDNEXT_SOURCES': str(SRC), 'SEEDS': '0 1 2', 'SHORTCUT': '0',
-           'DATASET': '0', 'RESUME': '1', 'OMP_NUM_THREADS': '2'}
-    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=900)
+    r = run_study(w, SEEDS='0 1 2', DATASET='0', RESUME='1')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert 'resnet18 seed 0: evaluated already, kept (RESUME=1)' in r.stdout
     assert (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns == kept
