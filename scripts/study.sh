@@ -15,11 +15,15 @@
 #   DATASET=0            skip the dataset report (it reads the sources)
 #   SHORTCUT=0           skip the age-shortcut step (adult normals: COVIDx-v1 + 1,000 adult films, 14_shortcut)
 #   SHORTCUT_ARCH        the variant of the age-shortcut step (default: resnet18)
-#   MITIGATIONS          the settings it screens on validation: <v1|adult>[-pad|-equalize|-srcaug|-all]
-#                        (default: adult adult-pad adult-equalize adult-srcaug adult-all v1-all)
+#   MITIGATIONS          the settings it screens on validation: <v1|adult|plus>[-pad|-equalize|-srcaug|-all], where
+#                        plus is adult plus Cohen's COVID-19 films that COVIDx-v1 does not list, in train only
+#                        (covidx-v1-adult-covid; default: adult adult-pad adult-equalize adult-srcaug adult-all v1-all
+#                        plus plus-equalize)
 #   ADULT_CACHE          a prebuilt squash cache of out/covidx-v1-adult/split.csv, for a machine without the sources:
 #                        without CACHE it serves every COVIDx-v1 run too (drop_sources=radiography leaves the adult films
 #                        out), so it is the one file such a machine needs; screen only settings without -pad/-all there
+#   PLUS_CACHE           the same for out/covidx-v1-adult-covid/split.csv: the plus settings train from it (without it
+#                        they need the sources)
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 #   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
 #   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
@@ -77,28 +81,32 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   # The age shortcut. Each mitigation setting is trained with the first seed; covidnext-screen picks the best on the
   # covidx-v1-adult validation split; the pick is trained with the other seeds; 14_shortcut compares it with the
   # COVIDx-v1 runs above and reports every setting's held-out numbers.
-  SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv; S0=${SEEDS%% *}
+  SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv; PLUS=$OUT/covidx-v1-adult-covid/split.csv; S0=${SEEDS%% *}
+  MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all plus plus-equalize}
   if [ -z "${ADULT_CACHE:-}" ]; then
     "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --adult-normals --out "$OUT/covidx-v1-adult"
   fi
-  mitigation() {  # the 11_train parameters of a setting: <v1|adult>[-pad|-equalize|-srcaug|-all]
+  case " $MITIGATIONS " in *" plus"*) if [ -z "${PLUS_CACHE:-}" ]; then "$BIN/covidnext-build" --sources "$SOURCES" \
+    --split-files "$SOURCES/covidx-v1-splits" --adult-normals --more-covid --out "$OUT/covidx-v1-adult-covid"; fi ;; esac
+  mitigation() {  # the 11_train parameters of a setting: <v1|adult|plus>[-pad|-equalize|-srcaug|-all]
     case "${1#*-}" in
-      v1|adult) ;; pad) echo "-p resize_mode pad" ;; equalize) echo "-p harmonize equalize" ;;
+      v1|adult|plus) ;; pad) echo "-p resize_mode pad" ;; equalize) echo "-p harmonize equalize" ;;
       srcaug) echo "-p source_aug 0.5" ;; all) echo "-p resize_mode pad -p harmonize equalize -p source_aug 0.5" ;;
       *) echo "unknown mitigation setting $1" >&2; exit 2 ;;
     esac; }
   pads() { case "$1" in *-pad|*-all) return 0 ;; esac; return 1; }  # letterboxes: needs the sources, not a squash cache
   adult_data() {  # the covidx-v1-adult data parameters at a setting's geometry
     if [ -n "${ADULT_CACHE:-}" ] && ! pads "$1"; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi; }
+  plus_data() {  # the same for covidx-v1-adult-covid (its val and test are covidx-v1-adult's)
+    if [ -n "${PLUS_CACHE:-}" ] && ! pads "$1"; then echo "-p cache $PLUS_CACHE"; else echo "-p split_csv $PLUS -p sources $SOURCES"; fi; }
   data_for() {  # the data parameters of a setting: its split, from a prebuilt squash cache when there is one
-    case "$1" in adult*) adult_data "$1" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
+    case "$1" in adult*) adult_data "$1" ;; plus*) plus_data "$1" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
     if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
     "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \
       -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
-  MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all}
   for s in $SEEDS; do  # the reference: SHORTCUT_ARCH on COVIDx-v1, unless ARCHS trained it above
     # shellcheck disable=SC2046
     [ -f "$RUNS/$SA-seed$s/best.pt" ] || spawn "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" \

@@ -31,9 +31,10 @@ def test_reader_real_adult_normals():
 
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory):
-    "The published COVIDx-v1 split and its covidx-v1-adult variant, built with the command line."
+    "The published COVIDx-v1 split and its covidx-v1-adult(-covid) variants, built with the command line."
     out = tmp_path_factory.mktemp('splits')
-    for name, extra in (('covidx-v1', []), ('covidx-v1-adult', ['--adult-normals'])):
+    for name, extra in (('covidx-v1', []), ('covidx-v1-adult', ['--adult-normals']),
+                        ('covidx-v1-adult-covid', ['--adult-normals', '--more-covid'])):
         r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--split-files', SRC / 'covidx-v1-splits',
                             '--out', out / name, *extra], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -87,7 +88,63 @@ def test_adult_copy_of_a_kermany_image_is_kept_out(tmp_path):
 
 def test_build_cli_has_adult_option():
     h = subprocess.run([BIN / 'covidnext-build', '--help'], capture_output=True, text=True).stdout
-    assert '--adult-normals' in h and 'test_adult' in h
+    assert '--adult-normals' in h and 'test_adult' in h and '--more-covid' in h
+
+
+def test_more_covid_adds_to_train_only(splits):
+    """covidx-v1-adult-covid: covidx-v1-adult row for row, plus Cohen's COVID-19 films (PA/AP) that the split files do
+    not list, all in train; no added film shares a patient, pixels or a near-duplicate with a held-out film."""
+    from covidnext.covidx import NEAR_BITS, dhash_bits, nearest_hash, read_split_file
+    ad, pl = pd.read_csv(splits / 'covidx-v1-adult' / 'split.csv'), pd.read_csv(splits / 'covidx-v1-adult-covid' / 'split.csv')
+    pd.testing.assert_frame_equal(pl[pl.path.isin(set(ad.path))].reset_index(drop=True), ad)
+    added = pl[~pl.path.isin(set(ad.path))]
+    assert len(added) >= 200 and set(added.split) == {'train'} and set(added.label) == {'COVID-19'} and set(added.source) == {'cohen'}
+    meta = pd.read_csv(SRC / 'covid-chestxray-dataset' / 'metadata.csv').set_index('filename')
+    names = added.path.map(lambda p: Path(p).name)
+    assert set(meta.view[names]) <= {'PA', 'AP'} and meta.finding[names].str.startswith('COVID-19').all()
+    listed = set(pd.concat([read_split_file(SRC / 'covidx-v1-splits' / f'{s}_split.txt') for s in ('train', 'test')]).filename)
+    assert not set(names) & listed
+    held = pl[pl.split != 'train']
+    assert not set(added.patient_id) & set(held.patient_id) and not set(added.pixel_hash) & set(held.pixel_hash)
+    d = nearest_hash(dhash_bits([SRC / p for p in added.path]), dhash_bits([SRC / p for p in held.path]))[1]
+    assert d.min() > NEAR_BITS and len(find_leaks(pl)) == 0
+    rep = json.loads((splits / 'covidx-v1-adult-covid' / 'report.json').read_text())
+    assert rep['variant'] == 'covidx-v1-adult-covid' and rep['params']['more_covid'] is True
+    assert rep['more_covid']['used'] == len(added) and rep['more_covid']['patients'] == added.patient_id.nunique()
+    assert rep['counts']['train']['COVID-19'] == len(added) + (ad[ad.split == 'train'].label == 'COVID-19').sum()
+
+
+def test_more_covid_keeps_copies_of_held_out_films_out(splits, tmp_path):
+    """A later film that re-publishes a held-out COVID-19 film under a new patient id, re-encoded and resized (a
+    near-duplicate), or with identical pixels, is dropped with a reason that names the held-out film."""
+    src = tmp_path / 'sources'; src.mkdir()
+    for d in ('kermany-chest-xray-224', 'covidx-v1-splits'): (src / d).symlink_to(SRC / d)
+    coh = src / 'covid-chestxray-dataset'; (coh / 'images').mkdir(parents=True)
+    for f in (SRC / 'covid-chestxray-dataset' / 'images').iterdir(): (coh / 'images' / f.name).symlink_to(f)
+    v1 = pd.read_csv(splits / 'covidx-v1' / 'split.csv')
+    test_film = v1[(v1.split == 'test') & (v1.label == 'COVID-19')].path.iloc[0]
+    val_film = v1[(v1.split == 'val') & (v1.label == 'COVID-19')].path.iloc[0]
+    im = Image.open(SRC / test_film).convert('L')
+    im.resize((im.width * 9 // 10, im.height * 9 // 10)).save(coh / 'images' / 'planted-near-copy.jpg', quality=75)
+    Image.open(SRC / val_film).convert('L').save(coh / 'images' / 'planted-same-pixels.png')
+    meta = pd.read_csv(SRC / 'covid-chestxray-dataset' / 'metadata.csv')
+    row = meta[meta.filename == Path(test_film).name].iloc[0]
+    new = pd.DataFrame([row.to_dict() | dict(patientid='9001', filename='planted-near-copy.jpg', view='PA'),
+                        row.to_dict() | dict(patientid='9002', filename='planted-same-pixels.png', view='PA')])
+    pd.concat([meta, new]).to_csv(coh / 'metadata.csv', index=False)
+    rep = build_split(src, tmp_path / 'out', src / 'covidx-v1-splits', progress=False, more_covid=True)
+    df = pd.read_csv(tmp_path / 'out' / 'split.csv')
+    assert not df.path.str.contains('planted').any() and rep['leaks'] == []
+    why = {Path(d['file']).name: d['reason'] for d in rep['dropped'] if 'planted' in d['file']}
+    assert why['planted-near-copy.jpg'].startswith('near-duplicate of test image') and Path(test_film).name in why['planted-near-copy.jpg']
+    assert why['planted-same-pixels.png'].startswith('tied to val image') and Path(val_film).name in why['planted-same-pixels.png']
+    assert rep['variant'] == 'covidx-v1-covid' and rep['more_covid']['used'] == json.loads(
+        (splits / 'covidx-v1-adult-covid' / 'report.json').read_text())['more_covid']['used']
+
+
+def test_more_covid_needs_the_split_files(tmp_path):
+    r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--out', tmp_path, '--more-covid'], capture_output=True, text=True)
+    assert r.returncode != 0 and 'more_covid adds to the published split: give split_files' in r.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,13 +246,15 @@ def test_screen_chooses_on_validation(study):
 def test_study_from_one_adult_cache(splits, tmp_path):
     """The study script where the sources are absent (as on a GPU machine), from one covidx-v1-adult cache: the
     COVIDx-v1 runs and their evaluation leave the adult films out (drop_sources=radiography), the age-shortcut step
-    screens its settings on the same cache."""
+    screens its settings on the same cache; a `plus` setting trains from the covidx-v1-adult-covid cache (PLUS_CACHE)."""
     from covidnext.cache import build_cache
     w = tmp_path
     shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study'); shutil.copytree(ROOT / 'scripts', w / 'scripts')
     cache = build_cache(splits / 'covidx-v1-adult' / 'split.csv', SRC, w / '.cache', 32, progress=False)
+    plus = build_cache(splits / 'covidx-v1-adult-covid' / 'split.csv', SRC, w / '.cache', 32, progress=False)
     env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'DATASET': '0', 'PARALLEL': '2',
-           'ADULT_CACHE': str(cache), 'COVIDNEXT_SOURCES': str(w / 'no-sources'), 'MITIGATIONS': 'adult v1-equalize',
+           'ADULT_CACHE': str(cache), 'PLUS_CACHE': str(plus), 'COVIDNEXT_SOURCES': str(w / 'no-sources'),
+           'MITIGATIONS': 'adult v1-equalize plus',
            'OMP_NUM_THREADS': '1'}
     r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -207,7 +266,8 @@ def test_study_from_one_adult_cache(splits, tmp_path):
         assert res['n'] == n and res['meta']['drop_sources'] == 'radiography', (split, res['n'])
     assert (rq / '13_compare_covidnet.json').is_file()
     sc = json.loads((rq / '14_screen.json').read_text())
-    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'v1-equalize'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
+    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'v1-equalize', 'plus'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
+    assert json.loads((w / 'runs' / 'quick' / 'shortcut' / 'plus' / 'resnet18-seed0' / 'config.json').read_text())['cache'] == str(plus)
     assert json.loads((w / 'runs' / 'quick' / 'shortcut' / 'v1-equalize' / 'resnet18-seed0' / 'config.json').read_text())['harmonize'] == 'equalize'
     s = json.loads((rq / '14_shortcut.json').read_text())
     assert s['screen']['chosen'] == sc['chosen'] and s['variants']['COVIDx-v1']['n_models'] == 2
