@@ -83,11 +83,11 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   # COVIDx-v1 runs above and reports every setting's held-out numbers.
   SA=${SHORTCUT_ARCH:-resnet18}; ADULT=$OUT/covidx-v1-adult/split.csv; PLUS=$OUT/covidx-v1-adult-covid/split.csv; S0=${SEEDS%% *}
   MITIGATIONS=${MITIGATIONS:-adult adult-pad adult-equalize adult-srcaug adult-all v1-all plus plus-equalize}
-  if [ -z "${ADULT_CACHE:-}" ]; then
-    "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --adult-normals --out "$OUT/covidx-v1-adult"
-  fi
-  case " $MITIGATIONS " in *" plus"*) if [ -z "${PLUS_CACHE:-}" ]; then "$BIN/covidnext-build" --sources "$SOURCES" \
-    --split-files "$SOURCES/covidx-v1-splits" --adult-normals --more-covid --out "$OUT/covidx-v1-adult-covid"; fi ;; esac
+  build_variant() {  # name, covidnext-build flags: the split, and its build report beside the study's reports
+    "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --out "$OUT/$1" "${@:2}"
+    cp "$OUT/$1/report.md" "$REPORTS/split_$1.md"; }
+  [ -n "${ADULT_CACHE:-}" ] || build_variant covidx-v1-adult --adult-normals
+  case " $MITIGATIONS " in *" plus"*) [ -n "${PLUS_CACHE:-}" ] || build_variant covidx-v1-adult-covid --adult-normals --more-covid ;; esac
   mitigation() {  # the 11_train parameters of a setting: <v1|adult|plus>[-pad|-equalize|-srcaug|-all]
     case "${1#*-}" in
       v1|adult|plus) ;; pad) echo "-p resize_mode pad" ;; equalize) echo "-p harmonize equalize" ;;
