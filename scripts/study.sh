@@ -95,12 +95,10 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
       *) echo "unknown mitigation setting $1" >&2; exit 2 ;;
     esac; }
   pads() { case "$1" in *-pad|*-all) return 0 ;; esac; return 1; }  # letterboxes: needs the sources, not a squash cache
-  adult_data() {  # the covidx-v1-adult data parameters at a setting's geometry
-    if [ -n "${ADULT_CACHE:-}" ] && ! pads "$1"; then echo "-p cache $ADULT_CACHE"; else echo "-p split_csv $ADULT -p sources $SOURCES"; fi; }
-  plus_data() {  # the same for covidx-v1-adult-covid (its val and test are covidx-v1-adult's)
-    if [ -n "${PLUS_CACHE:-}" ] && ! pads "$1"; then echo "-p cache $PLUS_CACHE"; else echo "-p split_csv $PLUS -p sources $SOURCES"; fi; }
-  data_for() {  # the data parameters of a setting: its split, from a prebuilt squash cache when there is one
-    case "$1" in adult*) adult_data "$1" ;; plus*) plus_data "$1" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
+  split_data() {  # setting split.csv cache: a split's data parameters at the setting's geometry, from its squash cache if any
+    if [ -n "$3" ] && ! pads "$1"; then echo "-p cache $3"; else echo "-p split_csv $2 -p sources $SOURCES"; fi; }
+  data_for() {  # the data parameters of a setting: its split (plus: covidx-v1-adult-covid, whose val and test are adult's)
+    case "$1" in adult*) split_data "$1" "$ADULT" "${ADULT_CACHE:-}" ;; plus*) split_data "$1" "$PLUS" "${PLUS_CACHE:-}" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
     if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
@@ -121,7 +119,7 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$RUNS/$SA-seed*/best.pt"; else
     for s in $SEEDS; do [ "$s" = "$S0" ] || spawn train_setting "$CHOSEN" "$s"; done; wait_jobs
     CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
-  read -r -a ADATA <<< "$(adult_data "$CHOSEN")"
+  read -r -a ADATA <<< "$(split_data "$CHOSEN" "$ADULT" "${ADULT_CACHE:-}")"
   "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$RUNS/$SA-seed*/best.pt" \
     -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
     "${ADATA[@]}" -p out "$REPORTS"
