@@ -15,7 +15,9 @@ size and optimizer (Adam, lr 1e-3, weight decay 5e-4) in all three:
     (warm-up, and compilation when on) of `train_one_epoch`'s images/s: images trained / perf_counter seconds from
     the epoch's first step to a final `torch.cuda.synchronize()`; validation and checkpoint writes fall outside it.
 (c) ceiling: the same model, precision, memory format, optimizer and batch size on random uint8 images already on
-    the device; no data pipeline, no augmentation.
+    the device; no data pipeline, no augmentation. With (a), also at (a)'s fp32 and contiguous memory
+    (`img_s_ceiling_fp32`): (a) over it (`seed_style_vs_fp32_ceiling`) says whether the seed's pipeline is held back
+    by its data (well below 1) or by its own model's precision (near 1).
 
 (a) and (c) warm up, then time `--repeats` blocks of `--steps` steps each, with CUDA events on a GPU (perf_counter on
 a CPU), and report the median block. Prints images/s and the ratios b/c (`ratio_vs_ceiling`) and b/a
@@ -220,8 +222,9 @@ def main(argv=None):
 
     res = dict(machine(dev), mode='tiny' if tiny else 'full', complete=False, arch=a.arch, size=size, n_classes=4,
                batch_size=a.batch_size, optimizer='adam', images_in_cache=meta['n'], cache=Path(a.cache).name,
-               precision=dict(seed_style='fp32', covidnext='bf16 autocast' if cuda else 'fp32', ceiling='bf16 autocast' if cuda else 'fp32'),
-               channels_last=dict(seed_style=False, covidnext=True, ceiling=True),
+               precision=dict(seed_style='fp32', covidnext='bf16 autocast' if cuda else 'fp32', ceiling='bf16 autocast' if cuda else 'fp32',
+                              ceiling_fp32='fp32'),
+               channels_last=dict(seed_style=False, covidnext=True, ceiling=True, ceiling_fp32=False),
                timing=dict(seed_style=f"median of {a.repeats} blocks of {a.steps} steps after {a.warmup} warm-up steps, "
                                       + ('CUDA events' if cuda else 'perf_counter'),
                            ceiling=f"median of {a.repeats} blocks of {a.steps} steps after {a.warmup} warm-up steps, "
@@ -276,6 +279,13 @@ def main(argv=None):
             r = seed_style(rows, a.sources, a.arch, size, a.batch_size, dev, workers, a.steps, a.repeats, a.warmup)
             res.update(img_s_seed_style=statistics.median(r), seed_style_block_img_s=r)
             print(f"(a) seed-style {res['img_s_seed_style']:.1f} img/s ({len(rows)} images, {workers} workers)", flush=True)
+            _free(dev)
+            # (c) at (a)'s precision and memory format: how far the seed's data pipeline is from its own model's speed
+            c32 = ceiling(a.arch, size, a.batch_size, dev, False, False, False, a.steps, a.repeats, a.warmup)
+            res.update(img_s_ceiling_fp32=statistics.median(c32), ceiling_fp32_block_img_s=c32,
+                       seed_style_vs_fp32_ceiling=res['img_s_seed_style'] / statistics.median(c32))
+            print(f"(c) at fp32, contiguous: {res['img_s_ceiling_fp32']:.1f} img/s; (a) reaches "
+                  f"{res['seed_style_vs_fp32_ceiling']:.3f} of it", flush=True)
         _free(dev)
     else:
         res['notes'].append('(a) not measured (no --sources): img_s_seed_style and ratio_vs_seed are null')

@@ -54,6 +54,8 @@ def test_tiny_throughput_writes_the_json(cache, tmp_path):
     for k in REQUIRED[2:]: assert isinstance(res[k], float) and math.isfinite(res[k]) and res[k] > 0, k
     assert math.isclose(res['ratio_vs_ceiling'], res['img_s_covidnext'] / res['img_s_ceiling'])
     assert math.isclose(res['ratio_vs_seed'], res['img_s_covidnext'] / res['img_s_seed_style'])
+    assert res['img_s_ceiling_fp32'] > 0 and len(res['ceiling_fp32_block_img_s']) == res['repeats']   # (c) at (a)'s precision
+    assert math.isclose(res['seed_style_vs_fp32_ceiling'], res['img_s_seed_style'] / res['img_s_ceiling_fp32'])
     assert res['seed_style']['images_read'] == 16 and res['seed_style']['images_listed'] == 24
     assert any('16 of the 24' in n for n in res['notes'])
     assert 'b/c' in r.stdout and 'b/a' in r.stdout
