@@ -34,6 +34,8 @@ that CI exercises it; its JSON goes to reports/quick/, never over the GPU figure
     # a subset of the sources that (a) needs, for a machine without them (copied with their relative paths)
     python benchmarks/train_throughput.py --cache .cache/v1-224 --sources ../shared/data \\
         --pack-sources .cache/seed-sources --seed-images 800
+    # where (b) loses time: torch.profiler over 2 epochs of fit, into reports/benchmarks_profile.{txt,json}
+    python benchmarks/train_throughput.py --cache .cache/v1-224 --compile off --profile
 """
 from __future__ import annotations
 import argparse, gc, json, os, platform, shutil, statistics, sys, time
@@ -178,6 +180,25 @@ def seed_style(rows, sources: str, arch: str, size: int, batch: int, dev: torch.
     finally: del it
 
 
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy', 'cudaMemcpyAsync')
+
+
+def profile_fit(cache: str, arch: str, size: int, batch: int, subset: int, out: Path, compile: bool) -> dict:
+    "(b) under torch.profiler: `fit` for 2 epochs (the first is warm-up); the busiest ops and the host's waits on the GPU."
+    from torch.profiler import ProfilerActivity, profile
+    from covidnext.train import TrainConfig, fit
+    cfg = TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=2, compile=compile, out=str(out),
+                      progress=False, subset=subset, device='auto', log_images=False)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof: s = fit(cfg)
+    ev = prof.key_averages()
+    steps = s['global_step']
+    sort = 'self_cuda_time_total' if torch.cuda.is_available() else 'self_cpu_time_total'
+    syncs = {e.key: dict(calls=e.count, host_ms=round(e.cpu_time_total / 1000, 3)) for e in ev if e.key in SYNC_CALLS}
+    return dict(steps=steps, epochs=2, sort=sort, table=ev.table(sort_by=sort, row_limit=25),
+                host_sync_calls=syncs, host_sync_calls_per_step=round(sum(v['calls'] for v in syncs.values()) / max(steps, 1), 3))
+
+
 def _free(dev):
     gc.collect()
     if dev.type == 'cuda': torch.cuda.empty_cache()
@@ -203,6 +224,9 @@ def main(argv=None):
     p.add_argument('--pack-sources', default=None, metavar='DEST', help='only copy the files (a) reads into DEST, then exit')
     p.add_argument('--out', default=None, help='JSON output (default: reports/benchmarks.json; tiny: reports/quick/benchmarks_tiny.json)')
     p.add_argument('--run-dir', default='runs/benchmark', help='run folder of (b)')
+    p.add_argument('--profile', action='store_true', help='only profile (b) with torch.profiler (2 epochs of fit): the busiest ops '
+                   'into PROFILE.txt and the host-to-GPU waits (synchronize and memcpy calls, per training step) into PROFILE.json, '
+                   'beside --out (default reports/benchmarks_profile.*; tiny: reports/quick/); then exit')
     a = p.parse_args(argv)
     if a.pack_sources:
         if not a.sources: p.error('--pack-sources needs --sources')
@@ -219,6 +243,16 @@ def main(argv=None):
     if a.size is not None and a.size != size: p.error(f"--size {a.size}, but the cache holds {size} px images")
     workers = a.workers if a.workers is not None else (os.cpu_count() or 1)
     if cuda: torch.backends.cudnn.benchmark = True
+    if a.profile:
+        stem = Path(a.out).with_suffix('') if a.out else Path('reports/quick/benchmarks_profile' if tiny else 'reports/benchmarks_profile')
+        prof = profile_fit(a.cache, a.arch, size, a.batch_size, a.subset, Path(a.run_dir + '_profile'), compile_modes[0])
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix('.txt').write_text(prof.pop('table') + '\n')
+        prof.update(machine(dev), arch=a.arch, size=size, batch_size=a.batch_size, subset=a.subset, compile=compile_modes[0])
+        stem.with_suffix('.json').write_text(json.dumps(prof, indent=1) + '\n')
+        print(f"profile of {prof['steps']} steps: host waits {prof['host_sync_calls']} "
+              f"({prof['host_sync_calls_per_step']} calls per step); busiest ops in {stem.with_suffix('.txt')}")
+        return prof
 
     res = dict(machine(dev), mode='tiny' if tiny else 'full', complete=False, arch=a.arch, size=size, n_classes=4,
                batch_size=a.batch_size, optimizer='adam', images_in_cache=meta['n'], cache=Path(a.cache).name,

@@ -61,6 +61,21 @@ def test_tiny_throughput_writes_the_json(cache, tmp_path):
     assert 'b/c' in r.stdout and 'b/a' in r.stdout
 
 
+def test_profile_writes_the_busiest_ops_and_the_host_waits(cache, tmp_path):
+    out = tmp_path / 'prof.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'train_throughput.py'), '--tiny', '--cache', str(cache),
+                        '--arch', 'resnet18', '--subset', '16', '--profile', '--out', str(out), '--run-dir', str(tmp_path / 'run')],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    fit_summary = json.loads((tmp_path / 'run_profile' / 'summary.json').read_text())
+    assert res['epochs'] == fit_summary['epochs_run'] == 2 and res['steps'] == fit_summary['global_step'] > 0
+    assert res['host_sync_calls'] == {} and res['host_sync_calls_per_step'] == 0   # no GPU: nothing to wait for
+    table = (tmp_path / 'prof.txt').read_text()
+    assert 'aten::convolution' in table and 'Self CPU' in table
+    assert 'calls per step' in r.stdout
+
+
 def test_cpu_benchmark_appends_runs(tmp_path):
     "benchmarks/cpu.py, inference only at a tiny size: each run is added to `runs` and `summary` is their median."
     spec = importlib.util.spec_from_file_location('cpu_bench', ROOT / 'benchmarks' / 'cpu.py')
