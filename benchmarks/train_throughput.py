@@ -106,11 +106,17 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
     return time_blocks(step, steps, repeats, batch, dev, warmup)
 
 
+def fit_config(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int):
+    "(b)'s training config: `covidnext-train`'s defaults on the cache, quiet."
+    from covidnext.train import TrainConfig
+    return TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
+                       out=str(out), progress=False, subset=subset, device='auto', log_images=False)
+
+
 def covidnext(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int) -> dict:
     "(b) `fit` on the cache; the median images/s of its epochs after the first, and what goes with it."
-    from covidnext.train import TrainConfig, fit
-    cfg = TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
-                      out=str(out), progress=False, subset=subset, device='auto', log_images=False)
+    from covidnext.train import fit
+    cfg = fit_config(cache, arch, size, batch, epochs, compile, out, subset)
     t0 = time.perf_counter()
     s = fit(cfg)
     wall = time.perf_counter() - t0
@@ -180,15 +186,15 @@ def seed_style(rows, sources: str, arch: str, size: int, batch: int, dev: torch.
     finally: del it
 
 
-SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy', 'cudaMemcpyAsync')
+SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchronize', 'cudaMemcpy')  # the host waits for the GPU
+# (an asynchronous copy from pinned memory, cudaMemcpyAsync, does not; a blocking .to() is cudaMemcpyAsync + cudaStreamSynchronize)
 
 
 def profile_fit(cache: str, arch: str, size: int, batch: int, subset: int, out: Path, compile: bool) -> dict:
     "(b) under torch.profiler: `fit` for 2 epochs (the first is warm-up); the busiest ops and the host's waits on the GPU."
     from torch.profiler import ProfilerActivity, profile
-    from covidnext.train import TrainConfig, fit
-    cfg = TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=2, compile=compile, out=str(out),
-                      progress=False, subset=subset, device='auto', log_images=False)
+    from covidnext.train import fit
+    cfg = fit_config(cache, arch, size, batch, 2, compile, out, subset)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof: s = fit(cfg)
     ev = prof.key_averages()
@@ -225,7 +231,7 @@ def main(argv=None):
     p.add_argument('--out', default=None, help='JSON output (default: reports/benchmarks.json; tiny: reports/quick/benchmarks_tiny.json)')
     p.add_argument('--run-dir', default='runs/benchmark', help='run folder of (b)')
     p.add_argument('--profile', action='store_true', help='only profile (b) with torch.profiler (2 epochs of fit): the busiest ops '
-                   'into PROFILE.txt and the host-to-GPU waits (synchronize and memcpy calls, per training step) into PROFILE.json, '
+                   'into PROFILE.txt and the waits of the host on the GPU (synchronize and blocking memcpy calls, per training step) into PROFILE.json, '
                    'beside --out (default reports/benchmarks_profile.*; tiny: reports/quick/); then exit')
     a = p.parse_args(argv)
     if a.pack_sources:
