@@ -12,6 +12,9 @@
 (3) `covidnext-predict IMAGE --checkpoint CKPT`: wall time of the command as a fresh process, model load included,
     on a checkpoint written as `fit` writes one (random weights), one warm-up run then `--runs` runs, median
     (benchmarks/predict_latency.py's method; it has the breakdown into imports, load and predict).
+(4) checkpoint wait: the seconds `fit`'s loop waits per checkpoint of covidnext50 (weights, their average, AdamW's
+    moments: about 1 GB), written in the loop (the baseline) and in the background (`CheckpointWriter`, the default),
+    `--repeats` writes each; train_throughput.py's (d), here on the CPU and its disk.
 
 Writes reports/benchmarks_cpu.json: the machine (cores, CPU model, memory, torch) and, per run, the figures with the
 load average before and after it (other work on the machine slows every figure, and with torch threads = cores a
@@ -136,7 +139,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None, help='torch threads of (2) (default: the cores)')
     p.add_argument('--runs', type=int, default=5, help='timed runs of the command (3), after one warm-up run')
     p.add_argument('--image', default=None, help='the image of (3) (default: a Kermany image from the sources)')
-    p.add_argument('--skip', default='', help='comma-separated parts to skip: cache, inference, predict')
+    p.add_argument('--skip', default='', help='comma-separated parts to skip: cache, inference, predict, checkpoint')
     p.add_argument('--out', default='reports/benchmarks_cpu.json', help='JSON output')
     p.add_argument('--fresh', action='store_true', help='start a new file instead of adding this run to its runs')
     a = p.parse_args(argv)
@@ -159,6 +162,7 @@ def main(argv=None):
         cache_build="build_split (published COVIDx-v1 split) once, then build_cache into a fresh root; images / wall s, median of repeats",
         inference="Predictor.probs (fp32, eval, no_grad), random weights, random uint8 input; images/s of the median timed block after warm-up; no image decode",
         predict_command="covidnext-predict IMAGE --checkpoint CKPT as a fresh process (model load included); median of runs after one warm-up run",
+        checkpoint="seconds fit's loop waits per checkpoint of covidnext50: CheckpointWriter synchronous vs background, median of repeats, a pause of 1.5 x the slowest synchronous write between writes",
         summary="median over runs of each run's figure",
         summary_quiet="the same over the runs where other processes used under 10% of the machine's CPU (other_cpu_share < 0.1)",
         other_cpu_share="CPU time of every other process during the run / (wall time x cores), from /proc/stat"),
@@ -180,6 +184,12 @@ def main(argv=None):
         save()
     if 'predict' not in skip:
         run['predict_command'] = {arch: predict_command(arch, a.size, a.runs, a.image) for arch in archs}; save()
+    if 'checkpoint' not in skip:
+        import torch
+        tt = _load('train_throughput')
+        with tempfile.TemporaryDirectory(dir='.') as d:         # the working folder's disk, where runs/ goes
+            run['checkpoint'] = tt.checkpoint_wait('covidnext50', a.size, torch.device('cpu'), a.repeats, Path(d) / 'ckpt')
+        save()
     save()
     print(json.dumps(res['summary'], indent=1))
     print(f"wrote {out} ({len(res['runs'])} runs)")
@@ -195,6 +205,8 @@ def summary(runs: list) -> dict:
             for b, v in d.items(): vals.setdefault(f'inference_img_s.{arch}.{b}', []).append(v['img_s'])
         for arch, v in r.get('predict_command', {}).items():
             vals.setdefault(f'predict_command_wall_s.{arch}', []).append(v['wall_median_s'])
+        if 'checkpoint' in r:
+            for k in ('sync_wait_s', 'background_wait_s'): vals.setdefault(f'checkpoint_{k}', []).append(r['checkpoint'][k])
     out = {}
     for k, v in vals.items():
         d = out

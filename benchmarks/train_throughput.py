@@ -14,10 +14,17 @@ size and optimizer (Adam, lr 1e-3, weight decay 5e-4) in all three:
     epoch, with torch.compile off and/or on (`--compile`). Its figure is the median over the epochs after the first
     (warm-up, and compilation when on) of `train_one_epoch`'s images/s: images trained / perf_counter seconds from
     the epoch's first step to a final `torch.cuda.synchronize()`; validation and checkpoint writes fall outside it.
+    What falls outside it is recorded too: fit's `timing` (`fit_timing`) and the seconds per epoch outside the training
+    steps (`epoch_overhead_s`: validation, logging and the wait for checkpoints), which the study's wall time pays.
 (c) ceiling: the same model, precision, memory format, optimizer and batch size on random uint8 images already on
     the device; no data pipeline, no augmentation. With (a), also at (a)'s fp32 and contiguous memory
     (`img_s_ceiling_fp32`): (a) over it (`seed_style_vs_fp32_ceiling`) says whether the seed's pipeline is held back
     by its data (well below 1) or by its own model's precision (near 1).
+
+(d) checkpoint wait: (b)'s checkpoint state (the weights, their average and AdamW's moments, on the device), written
+    by `CheckpointWriter` synchronously (the baseline: torch.save and fsync in the training loop) and in the background
+    (covidnext-train's default: a host copy, then a thread writes it), `--repeats` times each with a pause between
+    writes like an epoch's; the median seconds the loop waits per checkpoint (`checkpoint`).
 
 (a) and (c) warm up, then time `--repeats` blocks of `--steps` steps each, with CUDA events on a GPU (perf_counter on
 a CPU), and report the median block. Prints images/s and the ratios b/c (`ratio_vs_ceiling`) and b/a
@@ -106,11 +113,15 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
     return time_blocks(step, steps, repeats, batch, dev, warmup)
 
 
+DROP_SOURCES = ''                                       # --drop-sources: sources (b) leaves out of the cache
+
+
 def fit_config(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int):
     "(b)'s training config: `covidnext-train`'s defaults on the cache, quiet."
     from covidnext.train import TrainConfig
     return TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
-                       out=str(out), progress=False, subset=subset, device='auto', log_images=False)
+                       out=str(out), progress=False, subset=subset, device='auto', log_images=False,
+                       drop_sources=DROP_SOURCES)
 
 
 def covidnext(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int) -> dict:
@@ -121,8 +132,49 @@ def covidnext(cache: str, arch: str, size: int, batch: int, epochs: int, compile
     s = fit(cfg)
     wall = time.perf_counter() - t0
     per_epoch = [h['img_s'] for h in s['history']]
+    t = s['timing']
     return dict(img_s=statistics.median(per_epoch[1:] or per_epoch), epoch_img_s=per_epoch, train_wall_s=wall,
-                val_macro_f1_last=s['history'][-1]['val_macro_f1'])
+                val_macro_f1_last=s['history'][-1]['val_macro_f1'], fit_timing=t,
+                epoch_overhead_s=round((t['loop_s'] - t['train_s']) / max(len(per_epoch), 1), 3))
+
+
+def checkpoint_wait(arch: str, size: int, dev: torch.device, repeats: int, dest: Path, pause: float | None = None) -> dict:
+    """(d) Seconds the training loop waits per checkpoint of `arch`'s fit state on `dev`: `CheckpointWriter`
+    synchronous (the baseline) and in the background (the default), median of `repeats` writes each. Between writes a
+    pause stands in for an epoch's training (default: 1.5 x the slowest synchronous write, so a background write can
+    finish, as it does when epochs outlast writes)."""
+    import shutil
+    from covidnext.model import create_model
+    from covidnext.train import CheckpointWriter, EMA, TrainConfig, _state, make_optimizer
+    torch.manual_seed(0)
+    model = create_model(arch, n_classes=4, input_size=size).to(dev)
+    cfg = TrainConfig(optimizer='adamw', arch=arch, size=size)
+    opt = make_optimizer(cfg, model)
+    model(torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8, device=dev)).float().sum().backward()
+    opt.step()                                                             # Adam's moments exist, as after a step
+    ema = EMA(model, 0.999)
+    state = _state(model, opt, None, cfg, 0, 0, 1, torch.Generator(), [], dict(epoch=0, macro_f1=0.0), None, ema)
+    dest.mkdir(parents=True, exist_ok=True)
+    res = {}
+    try:
+        for mode in ('sync', 'background'):
+            w, waits = CheckpointWriter(background=mode == 'background'), []
+            for r in range(repeats):
+                t = time.perf_counter()
+                w.save(state, dest / 'last.pt', best=dest / 'best.pt' if r == 0 else None)
+                waits.append(time.perf_counter() - t)
+                time.sleep(pause if pause is not None else 1.5 * max(res.get('sync_waits_s', waits)) + 0.1)
+            t = time.perf_counter(); w.close(); final = time.perf_counter() - t
+            res[f'{mode}_waits_s'] = [round(x, 4) for x in waits]
+            res[f'{mode}_wait_s'] = round(statistics.median(waits), 4)
+            if mode == 'background': res['background_final_wait_s'] = round(final, 4)
+        res['checkpoint_mib'] = round((dest / 'last.pt').stat().st_size / 2**20, 1)
+        res['sync_over_background'] = round(res['sync_wait_s'] / max(res['background_wait_s'], 1e-9), 1)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    print(f"(d) checkpoint of {arch} ({res.get('checkpoint_mib')} MiB): the loop waits {res.get('sync_wait_s')} s written "
+          f"in it, {res.get('background_wait_s')} s in the background", flush=True)
+    return res
 
 
 def sample_train_rows(table, n: int, seed: int = 0):
@@ -230,10 +282,14 @@ def main(argv=None):
     p.add_argument('--pack-sources', default=None, metavar='DEST', help='only copy the files (a) reads into DEST, then exit')
     p.add_argument('--out', default=None, help='JSON output (default: reports/benchmarks.json; tiny: reports/quick/benchmarks_tiny.json)')
     p.add_argument('--run-dir', default='runs/benchmark', help='run folder of (b)')
+    p.add_argument('--drop-sources', default='', help="sources (b) leaves out of the cache, e.g. 'radiography': COVIDx-v1 from a covidx-v1-adult cache")
+    p.add_argument('--skip-checkpoint', action='store_true', help='do not measure (d)')
     p.add_argument('--profile', action='store_true', help='only profile (b) with torch.profiler (2 epochs of fit): the busiest ops '
                    'into PROFILE.txt and the waits of the host on the GPU (synchronize and blocking memcpy calls, per training step) into PROFILE.json, '
                    'beside --out (default reports/benchmarks_profile.*; tiny: reports/quick/); then exit')
     a = p.parse_args(argv)
+    global DROP_SOURCES
+    DROP_SOURCES = a.drop_sources
     if a.pack_sources:
         if not a.sources: p.error('--pack-sources needs --sources')
         pack_sources(a.cache, a.split_csv, a.sources, a.pack_sources, a.seed_images); return None
@@ -261,7 +317,7 @@ def main(argv=None):
         return prof
 
     res = dict(machine(dev), mode='tiny' if tiny else 'full', complete=False, arch=a.arch, size=size, n_classes=4,
-               batch_size=a.batch_size, optimizer='adam', images_in_cache=meta['n'], cache=Path(a.cache).name,
+               batch_size=a.batch_size, optimizer='adam', images_in_cache=meta['n'], cache=Path(a.cache).name, drop_sources=a.drop_sources or None,
                precision=dict(seed_style='fp32', covidnext='bf16 autocast' if cuda else 'fp32', ceiling='bf16 autocast' if cuda else 'fp32',
                               ceiling_fp32='fp32'),
                channels_last=dict(seed_style=False, covidnext=True, ceiling=True, ceiling_fp32=False),
@@ -296,7 +352,8 @@ def main(argv=None):
         tag = '_compiled' if comp else ''
         b = covidnext(a.cache, a.arch, size, a.batch_size, a.epochs, comp, Path(a.run_dir + tag), a.subset)
         res.update({f'img_s_covidnext{tag}': b['img_s'], f'epoch_img_s{tag}': b['epoch_img_s'],
-                    f'train_wall_s{tag}': b['train_wall_s'], f'val_macro_f1_last{tag}': b['val_macro_f1_last']})
+                    f'train_wall_s{tag}': b['train_wall_s'], f'val_macro_f1_last{tag}': b['val_macro_f1_last'],
+                    f'fit_timing{tag}': b['fit_timing'], f'epoch_overhead_s{tag}': b['epoch_overhead_s']})
         _free(dev); ratios()
         c = ceiling(a.arch, size, a.batch_size, dev, cuda, True, comp, a.steps, a.repeats, a.warmup)
         res.update({f'img_s_ceiling{tag}': statistics.median(c), f'ceiling_block_img_s{tag}': c})
@@ -305,6 +362,9 @@ def main(argv=None):
               f"(c) ceiling {res[f'img_s_ceiling{tag}']:.1f} img/s, b/c {res[f'ratio_vs_ceiling{tag}']:.3f}", flush=True)
 
     measure_bc(compile_modes[0])
+    if not a.skip_checkpoint:
+        res['checkpoint'] = checkpoint_wait(a.arch, size, dev, a.repeats, Path(a.run_dir + '_checkpoint'))
+        _free(dev); save()
     if a.sources:
         rows, listed = seed_rows(a.cache, a.split_csv, a.sources, a.seed_images)
         res['seed_style'] = dict(sources=Path(a.sources).name, images_listed=listed, images_read=len(rows),

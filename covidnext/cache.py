@@ -43,7 +43,7 @@ def cache_key(split_csv, sources, size:int, mode:str, quality:int) -> str:
 def _encode(args) -> bytes:
     path, size, mode, quality = args
     buf = io.BytesIO()
-    Image.fromarray(fit_image(load_xray(path), size, mode)).save(buf, 'JPEG', quality=quality)
+    Image.fromarray(fit_image(load_xray(path), size, mode)).save(buf, 'JPEG', quality=quality, optimize=True)
     return buf.getvalue()
 
 def build_cache(split_csv,            # split.csv written by covidnext-build

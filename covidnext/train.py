@@ -5,6 +5,7 @@
 # %% ../nbs/08_train.ipynb #be469f4f
 from __future__ import annotations
 import argparse, csv, dataclasses, json, math, os, random, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -26,8 +27,8 @@ from .model import create_model, build_from_config, HARMONIZE
 __all__ = ['TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows', 'load_split',
            'epoch_order', 'SeedStyleDataset', 'make_loss', 'make_optimizer', 'make_scheduler', 'classification_metrics',
            'NonFiniteLoss', 'autocast', 'train_one_epoch', 'predict_probs', 'validate', 'model_cfg', 'EMA',
-           'CheckpointError', 'save_checkpoint', 'link_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
-           'RunLogger', 'fit', 'train_cli']
+           'CheckpointError', 'save_checkpoint', 'link_checkpoint', 'load_checkpoint', 'host_copy', 'CheckpointWriter',
+           'model_from_checkpoint', 'RunLogger', 'fit', 'train_cli']
 
 # %% ../nbs/08_train.ipynb #c1c9a958
 def _f(default, help): return field(default=default, metadata={'help': help})
@@ -79,6 +80,7 @@ class TrainConfig:
     resume: bool = _f(False, "continue from out/last.pt")
     ckpt_every: int = _f(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     save_every: int = _f(1, "write last.pt every N epochs (and at the last epoch and whenever best.pt changes)")
+    ckpt_background: bool = _f(True, "write checkpoints in a background thread from a host copy of the state, so training goes on while the disk works (one write at a time; fit returns once all are on disk)")
     max_steps: int = _f(0, "stop after N optimizer steps in all (0: no limit)")
     nan_check: int = _f(10, "check the loss for NaN/inf every N steps (and before every checkpoint)")
     log_images: bool = _f(True, "log a grid of augmented inputs and the confusion matrix to TensorBoard")
@@ -364,6 +366,51 @@ def load_checkpoint(path, map_location='cpu') -> dict:
         raise CheckpointError(f"{path}: not a covidnext checkpoint (no 'model' and 'model_config' entries)")
     return ck
 
+def host_copy(obj):
+    "A copy of a checkpoint state whose tensors are in host memory and share no storage with the live ones."
+    if isinstance(obj, torch.Tensor): return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, host_copy(v)) for k, v in obj.items())
+        if hasattr(obj, '_metadata'): out._metadata = obj._metadata       # a state_dict's version information
+        return out
+    if isinstance(obj, (list, tuple)): return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+class CheckpointWriter:
+    """Writes checkpoints (`save_checkpoint`, then `best` linked to it) one at a time. In the background mode `save`
+    copies the state to host memory, hands the write to a thread and returns: training goes on while the disk works.
+    A later `save` first waits for the write before it, and `close` for the last one; a failed write raises there.
+    `wait_s` counts the seconds the caller spent in `save` and `close` (the training loop's checkpoint cost)."""
+    def __init__(self, background:bool=True):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix='covidnext-ckpt') if background else None
+        self.pending, self.wait_s = None, 0.0
+
+    @staticmethod
+    def _write(state, path, best):
+        save_checkpoint(state, path)
+        if best is not None: link_checkpoint(path, best)
+
+    def _wait(self):
+        f, self.pending = self.pending, None
+        if f is not None: f.result()
+
+    def save(self, state:dict, path, best=None):
+        "Write `state` to `path` atomically, then make `best` (if given) the same file."
+        t0 = time.perf_counter()
+        try:
+            self._wait()
+            if self.pool is None: self._write(state, Path(path), best)
+            else: self.pending = self.pool.submit(self._write, host_copy(state), Path(path), best)
+        finally: self.wait_s += time.perf_counter() - t0
+
+    def close(self):
+        "Wait until every write is on disk (re-raising a failed one), and stop the thread."
+        t0 = time.perf_counter()
+        try: self._wait()
+        finally:
+            if self.pool is not None: self.pool.shutdown(wait=True); self.pool = None
+            self.wait_s += time.perf_counter() - t0
+
 def model_from_checkpoint(ck, device='cpu') -> tuple[nn.Module, dict]:
     "Rebuild the model of a checkpoint (a path or a loaded dict); returns (model in eval mode, checkpoint)."
     ck = load_checkpoint(ck) if not isinstance(ck, dict) else ck
@@ -431,6 +478,7 @@ def fit(cfg:TrainConfig) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
     out = Path(cfg.out)
     log = RunLogger(out, cfg, rank == 0)
+    writer = CheckpointWriter(cfg.ckpt_background and rank == 0)
     try:
         cache = open_cache(cfg, rank)
         xtr, ytr, _ = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')
@@ -471,6 +519,7 @@ def fit(cfg:TrainConfig) -> dict:
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             train_model = DDP(train_model, device_ids=[dev.index] if dev.type == 'cuda' else None)
+        t_loop, train_s, val_s = time.perf_counter(), 0.0, 0.0
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and global_step >= cfg.max_steps: break
             if start_step == 0: gen.manual_seed(cfg.seed * 7919 + epoch)
@@ -480,11 +529,13 @@ def fit(cfg:TrainConfig) -> dict:
             def on_step(s, gs, epoch=epoch):
                 if ema is not None: ema.update(model)
                 if cfg.ckpt_every and s % cfg.ckpt_every == 0 and s < steps_per_epoch and rank == 0:
-                    save_checkpoint(_state(model, opt, sched, cfg, epoch, s, gs, gen, history, best, ema=ema), out/'last.pt')
+                    writer.save(_state(model, opt, sched, cfg, epoch, s, gs, gen, history, best, ema=ema), out/'last.pt')
             if rank == 0 and cfg.log_images and aug is not None and epoch == start_epoch:
                 log.images(aug(xtr[order[:32].to(xtr.device)], generator=torch.Generator().manual_seed(0)), epoch)
+            t0 = time.perf_counter()
             tr = train_one_epoch(train_model, opt, loss_fn, xtr if loader is None else None, ytr, order, cfg, epoch, aug, gen,
                                  sched, start_step, global_step, on_step, batches)
+            train_s += time.perf_counter() - t0; t0 = time.perf_counter()
             global_step, start_step = tr['global_step'], 0
             done_epoch = tr['steps'] > 0 and (not cfg.max_steps or global_step < cfg.max_steps or
                                               tr['steps'] == steps_per_epoch)
@@ -493,7 +544,7 @@ def fit(cfg:TrainConfig) -> dict:
                 val = validate(ema.module if ema is not None else model, xva, yva, cfg)
                 box = [val]
             if world > 1: dist.broadcast_object_list(box, 0)
-            val = box[0]
+            val = box[0]; val_s += time.perf_counter() - t0
             if sched is not None and cfg.scheduler == 'plateau': sched.step(val['macro_f1'])
             lr = opt.param_groups[0]['lr']
             row = dict(epoch=epoch, train_loss=tr['loss'], img_s=tr['img_s'], val_loss=val['loss'], val_macro_f1=val['macro_f1'],
@@ -506,17 +557,21 @@ def fit(cfg:TrainConfig) -> dict:
                 if cfg.log_images: log.confusion(val['confusion'], epoch)
                 st = _state(model, opt, sched, cfg, epoch, steps_per_epoch if done_epoch else tr['steps'], global_step, gen, history, best, val, ema)
                 last_epoch = epoch == cfg.epochs - 1 or (cfg.max_steps and global_step >= cfg.max_steps)
-                if improved or last_epoch or (epoch + 1) % cfg.save_every == 0: save_checkpoint(st, out/'last.pt')
-                if improved: link_checkpoint(out/'last.pt', out/'best.pt')
+                if improved or last_epoch or (epoch + 1) % cfg.save_every == 0:
+                    writer.save(st, out/'last.pt', best=out/'best.pt' if improved else None)
                 if cfg.progress: print(f"epoch {epoch}: train loss {tr['loss']:.4f}, val macro-F1 {val['macro_f1']:.4f}, "
                                        f"val acc {val['accuracy']:.4f}, {tr['img_s']:.0f} img/s", flush=True)
             if cfg.early_stop and epoch - best['epoch'] >= cfg.early_stop: break
+        writer.close()                                   # every checkpoint on disk before fit returns
+        timing = dict(loop_s=time.perf_counter() - t_loop, train_s=train_s, val_s=val_s, ckpt_wait_s=writer.wait_s)
         summary = dict(out=str(out), best=best, epochs_run=len(history), global_step=global_step, world=world,
-                       device=str(dev), history=history)
+                       device=str(dev), timing={k: round(v, 3) for k, v in timing.items()}, history=history)
         if rank == 0: (out/'summary.json').write_text(json.dumps(summary, indent=1))
         return summary
     finally:
         log.close()
+        try: writer.close()        # on an error too, the last good checkpoint lands (after a normal end: a no-op)
+        except Exception as e: print(f"covidnext: writing a checkpoint failed too: {e}", file=sys.stderr)
         if world > 1 and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 # %% ../nbs/08_train.ipynb #b781c32c

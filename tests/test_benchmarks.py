@@ -59,6 +59,11 @@ def test_tiny_throughput_writes_the_json(cache, tmp_path):
     assert res['seed_style']['images_read'] == 16 and res['seed_style']['images_listed'] == 24
     assert any('16 of the 24' in n for n in res['notes'])
     assert 'b/c' in r.stdout and 'b/a' in r.stdout
+    t = res['fit_timing']                                   # what (b)'s figure leaves out is on record
+    assert t['train_s'] > 0 and t['loop_s'] >= t['train_s'] + t['val_s'] and res['epoch_overhead_s'] >= 0
+    ck = res['checkpoint']                                  # (d): the loop's wait per checkpoint, both ways
+    assert ck['checkpoint_mib'] > 10 and len(ck['sync_waits_s']) == len(ck['background_waits_s']) == res['repeats']
+    assert ck['sync_wait_s'] > 0 and ck['background_wait_s'] > 0 and not list(tmp_path.glob('run_checkpoint*'))
 
 
 def test_profile_writes_the_busiest_ops_and_the_host_waits(cache, tmp_path):
@@ -81,7 +86,7 @@ def test_cpu_benchmark_appends_runs(tmp_path):
     spec = importlib.util.spec_from_file_location('cpu_bench', ROOT / 'benchmarks' / 'cpu.py')
     cpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(cpu)
     out = tmp_path / 'cpu.json'
-    args = ['--skip', 'cache,predict', '--archs', 'resnet18', '--batches', '1', '--size', '32', '--blocks', '1', '--out', str(out)]
+    args = ['--skip', 'cache,predict,checkpoint', '--archs', 'resnet18', '--batches', '1', '--size', '32', '--blocks', '1', '--out', str(out)]
     cpu.main(args); res = cpu.main(args)
     assert json.loads(out.read_text()) == res and len(res['runs']) == 2
     assert res['machine']['cores'] == os.cpu_count() and res['machine']['torch']
