@@ -58,12 +58,23 @@ if [ "${DATASET:-1}" = 1 ]; then
   "${PM[@]}" nbs/study/10_dataset.ipynb reports/10_dataset.ipynb -p sources "$SOURCES" -p out "$OUT/covidx-v1"
   "$BIN/jupyter" nbconvert --to html reports/10_dataset.ipynb
 fi
-# PARALLEL=N runs up to N training runs (each with its evaluation) at once: on one GPU their start-up, data loading
-# and evaluation overlap each other's training; under set -e a failed job stops the study at the next wait.
-PARALLEL=${PARALLEL:-1}; JOBS=()
-spawn() { "$@" & JOBS+=($!); [ ${#JOBS[@]} -lt "$PARALLEL" ] || wait_jobs; }
-wait_jobs() { local p st=0; for p in "${JOBS[@]}"; do wait "$p" || st=$?; done; JOBS=()
-  [ $st = 0 ] || { echo "study: a step failed (exit $st); see above" >&2; exit $st; }; }
+# PARALLEL=N runs up to N training runs (each with its evaluation) at once, as a pool: when one ends the next starts,
+# so on one GPU the start-up, data loading and evaluation of one overlap the others' training. A failed job stops the
+# study once the jobs still running have ended.
+PARALLEL=${PARALLEL:-1}; JOBS=(); FAILED=0
+reap() {  # wait until one of the jobs ends (polled: `wait -n` misses a job that ended before it on older bash)
+  local i st
+  while :; do
+    for i in "${!JOBS[@]}"; do
+      if ! kill -0 "${JOBS[$i]}" 2>/dev/null; then st=0; wait "${JOBS[$i]}" || st=$?; unset "JOBS[$i]"
+        [ $st = 0 ] || FAILED=$st; return 0; fi
+    done
+    sleep 1
+  done; }
+wait_jobs() { while [ ${#JOBS[@]} -gt 0 ]; do reap; done
+  [ $FAILED = 0 ] || { echo "study: a step failed (exit $FAILED); see above" >&2; exit $FAILED; }; }
+spawn() { while [ ${#JOBS[@]} -ge "$PARALLEL" ]; do reap; done; [ $FAILED = 0 ] || wait_jobs
+  "$@" & JOBS+=($!); }
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
 train_eval() {  # variant seed
@@ -105,22 +116,21 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
     # shellcheck disable=SC2046
     "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \
       -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
-  for s in $SEEDS; do  # the reference: SHORTCUT_ARCH on COVIDx-v1, unless ARCHS trained it above
-    # shellcheck disable=SC2046
-    [ -f "$RUNS/$SA-seed$s/best.pt" ] || spawn "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${SA}_seed${s}.ipynb" \
-      -p arch "$SA" -p seed "$s" -p runs "$RUNS" $(data_for v1) "${TRAIN[@]}"
-  done
-  CAND=("v1=$RUNS/$SA-seed$S0/best.pt")
+  # The reference, SHORTCUT_ARCH on COVIDx-v1: the study's own runs where their checkpoints are here (ARCHS trained
+  # them); else (a resumed study keeps the reports, not the checkpoints) trained for this step as the setting v1.
+  V1RUNS=$RUNS; for s in $SEEDS; do [ -f "$RUNS/$SA-seed$s/best.pt" ] || V1RUNS=$RUNS/shortcut/v1; done
+  if [ "$V1RUNS" != "$RUNS" ]; then for s in $SEEDS; do spawn train_setting v1 "$s"; done; fi
+  CAND=("v1=$V1RUNS/$SA-seed$S0/best.pt")
   for m in $MITIGATIONS; do spawn train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
   wait_jobs
   if [ -n "${ADULT_CACHE:-}" ]; then SDATA=(--cache "$ADULT_CACHE"); else SDATA=(--split-csv "$ADULT" --sources "$SOURCES"); fi
   CHOSEN=$("$BIN/covidnext-screen" --runs "${CAND[@]}" --split-csv "$ADULT" "${SDATA[@]}" --out "$REPORTS/14_screen.json" | tail -1)
   echo "== chosen on validation: $CHOSEN"
-  if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$RUNS/$SA-seed*/best.pt"; else
+  if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$V1RUNS/$SA-seed*/best.pt"; else
     for s in $SEEDS; do [ "$s" = "$S0" ] || spawn train_setting "$CHOSEN" "$s"; done; wait_jobs
     CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
   read -r -a ADATA <<< "$(split_data "$CHOSEN" "$ADULT" "${ADULT_CACHE:-}")"
-  "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$RUNS/$SA-seed*/best.pt" \
+  "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$V1RUNS/$SA-seed*/best.pt" \
     -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
     "${ADATA[@]}" -p out "$REPORTS"
 fi

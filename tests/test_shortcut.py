@@ -272,3 +272,17 @@ def test_study_from_one_adult_cache(splits, tmp_path):
     s = json.loads((rq / '14_shortcut.json').read_text())
     assert s['screen']['chosen'] == sc['chosen'] and s['variants']['COVIDx-v1']['n_models'] == 2
     assert (rq / '14_shortcut.html').is_file()
+    # resumed where the runs' reports are kept but not their checkpoints (another machine's study): the step trains its
+    # COVIDx-v1 reference as the setting v1, under runs/.../shortcut/v1, and leaves the study's own reports alone
+    for s_ in (0, 1):
+        for f in ('best.pt', 'last.pt'): (w / 'runs' / 'quick' / f'resnet18-seed{s_}' / f).unlink()
+    kept = [(rq / f'11_train_resnet18_seed{s_}.ipynb').stat().st_mtime_ns for s_ in (0, 1)]
+    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env={**env, 'RESUME': '1', 'MITIGATIONS': 'adult'},
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert 'resnet18 seed 1: evaluated already, kept (RESUME=1)' in r.stdout and 'resnet18 adult seed 0: trained already' in r.stdout
+    assert [(rq / f'11_train_resnet18_seed{s_}.ipynb').stat().st_mtime_ns for s_ in (0, 1)] == kept
+    assert all((rq / f'11_train_shortcut_v1_resnet18_seed{s_}.ipynb').is_file() for s_ in (0, 1))
+    s = json.loads((rq / '14_shortcut.json').read_text())
+    assert sorted(x['checkpoint'] for x in s['runs']['COVIDx-v1']) == [f'runs/quick/shortcut/v1/resnet18-seed{s_}/best.pt' for s_ in (0, 1)]
+    assert [x['setting'] for x in json.loads((rq / '14_screen.json').read_text())['runs']][:2] == ['v1', 'adult']
