@@ -108,7 +108,12 @@ def test_study_wall_records_each_run(tmp_path):
     assert r.returncode == 3
     p = subprocess.Popen(sh, env={**env, 'NAP': '30'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     import time; time.sleep(4); p.terminate(); p.communicate(timeout=60)
+    env2 = {k: v for k, v in env.items() if k != 'CACHE'}
+    r = subprocess.run(sh, env={**env2, 'ADULT_CACHE': 'there/adult-224', 'DATASET': '1'}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
     recs = json.loads((tmp_path / 'wall.json').read_text())
+    assert (recs[-1]['cache'], recs[-1]['data_build']) == ('adult-224', False)   # one adult cache: no data build either
+    recs = recs[:-1]
     assert [x['status'] for x in recs] == ['ok', 'failed (exit 3)', 'interrupted']
     a = recs[0]
     assert (a['profile'], a['archs'], a['seeds'], a['epochs'], a['cache'], a['data_build']) == ('full', ['resnet18'], [0, 1], 30, 'v1-224', False)
