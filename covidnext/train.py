@@ -479,6 +479,8 @@ def fit(cfg:TrainConfig) -> dict:
     out = Path(cfg.out)
     log = RunLogger(out, cfg, rank == 0)
     writer = CheckpointWriter(cfg.ckpt_background and rank == 0)
+    if rank == 0:                 # a run killed while writing leaves a partial temporary file: the next run removes it
+        for p in out.glob('.*.pt.*.tmp'): p.unlink(missing_ok=True)
     try:
         cache = open_cache(cfg, rank)
         xtr, ytr, _ = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')

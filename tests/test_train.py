@@ -52,7 +52,9 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     killed = load_checkpoint(last)                               # never half-written: it loads
     assert killed['global_step'] < 24, "the run ended before it could be killed"
+    (tmp_path / 'B' / '.last.pt.x1y2.tmp').write_bytes(b'half a checkpoint')   # as a kill during a write leaves
     run(train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', '--resume', *ema))
+    assert not list((tmp_path / 'B').glob('*.tmp'))                 # the resumed run cleared it
     resumed = load_checkpoint(last)
     assert resumed['global_step'] == 24
     for key in ('model', 'model_raw'):                             # the average and the trained weights
