@@ -20,10 +20,11 @@ __all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run',
 # %% ../nbs/11_study.ipynb #c3751723
 ANCHORS = [
     dict(model='COVID-Next (reported)', accuracy=0.8232, macro_f1=0.8438, macro_precision=0.8604, macro_recall=0.8371,
-         params=None, gmacs=None, note="seed README; checkpoints selected on the test split"),
+         params=None, gmacs=None, note="seed README; checkpoints selected on the test split",
+         url='https://github.com/velebit-ai/COVID-Next-Pytorch'),
     dict(model='COVID-Net (reported)', accuracy=0.835, params=116_600_000, gmacs=2.26,
          sensitivity=dict(zip(CLASSES, (0.739, 0.931, 0.819, 1.0))), ppv=dict(zip(CLASSES, (0.951, 0.871, 0.670, 0.80))),
-         note="Wang et al. 2020, 4-class model"),
+         note="Wang et al. 2020, 4-class model", url='https://arxiv.org/abs/2003.09871'),
 ]
 
 # %% ../nbs/11_study.ipynb #466ddd24
@@ -125,13 +126,14 @@ def compare_runs(reports, model_info:list|None=None, n_boot:int=1000) -> dict:
 def _pct(v): return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:.1f}'
 def _mp(p): return '–' if not p else f'{p / 1e6:.1f}M'
 
-def comparison_markdown(cmp:dict) -> str:
-    "The comparison as a markdown table (percentages; 95 % CI in brackets; mean ± sd over seeds)."
+def comparison_markdown(cmp:dict, links:str|None='') -> str:
+    "The comparison as a markdown table (percentages; 95 % CI in brackets; mean ± sd over seeds), with links to the reports."
     L = ['| model | accuracy | macro-F1 | macro precision | macro recall | COVID-19 sensitivity | params | GMACs |',
          '|---|---|---|---|---|---|---|---|']
     for a in cmp['anchors']:
         sens = a.get('sensitivity', {}).get('COVID-19')
-        L.append(f"| {a['model']} | {_pct(a.get('accuracy'))} | {_pct(a.get('macro_f1'))} | {_pct(a.get('macro_precision'))} | "
+        name = f"[{a['model']}]({a['url']})" if links is not None and a.get('url') else a['model']
+        L.append(f"| {name} | {_pct(a.get('accuracy'))} | {_pct(a.get('macro_f1'))} | {_pct(a.get('macro_precision'))} | "
                  f"{_pct(a.get('macro_recall'))} | {_pct(sens)} | {_mp(a.get('params'))} | "
                  f"{a.get('gmacs') or '–'} |")
     for v in cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else []):
@@ -144,6 +146,8 @@ def comparison_markdown(cmp:dict) -> str:
         cov = f"{v['covid_detected']}/{v['covid_total']}"
         what = (f"{v['arch']} ({' + '.join(v['members'])}), {v['n_seeds']}-run ensemble" if 'members' in v else
                 f"{v['arch']}, {v['n_seeds']}-seed ensemble")
+        if links is not None and 'members' not in v:
+            star += '<br>seed ' + ', '.join(f"[{s}]({links}12_evaluate_{v['arch']}_seed{s}.html)" for s in v['seeds'])
         L.append(f"| {what}{star} | {cell('accuracy')} | {cell('macro_f1')} | "
                  f"{cell('macro_precision')} | {cell('macro_recall')} | {cov} | "
                  f"{_mp(v['params'])} | {v['gmacs'] or '–'} |")
