@@ -55,8 +55,8 @@ RESUME=${RESUME:-0}; if [ "$RESUME" = 1 ]; then TRAIN+=(-p resume True); fi
 mkdir -p "$REPORTS" "$OUT"
 t0=$(date +%s)
 if [ "${DATASET:-1}" = 1 ]; then
-  "${PM[@]}" nbs/study/10_dataset.ipynb reports/10_dataset.ipynb -p sources "$SOURCES" -p out "$OUT/covidx-v1"
-  "$BIN/jupyter" nbconvert --to html reports/10_dataset.ipynb
+  "${PM[@]}" nbs/study/10_dataset.ipynb "$REPORTS/10_dataset.ipynb" -p sources "$SOURCES" -p out "$OUT/covidx-v1"
+  "$BIN/jupyter" nbconvert --to html "$REPORTS/10_dataset.ipynb"
 fi
 # PARALLEL=N runs up to N training runs (each with its evaluation) at once, as a pool: when one ends the next starts,
 # so on one GPU the start-up, data loading and evaluation of one overlap the others' training. A failed job stops the
