@@ -94,6 +94,19 @@ def test_readme_table_equals_comparison():
     assert m.group(1).strip() == md.replace('](12_evaluate_', '](reports/12_evaluate_')
 
 
+@pytest.mark.skipif(not (GPU_REPORTS / '13_compare_covidnet.md').is_file(), reason='no GPU study reports yet')
+def test_readme_table_script_copies_the_comparison(tmp_path):
+    "scripts/readme_table.py puts the comparison into a README whose table is stale, and then --check agrees."
+    readme = tmp_path / 'README.md'
+    readme.write_text('# x\n\n<!-- comparison:begin -->\n| stale |\n<!-- comparison:end -->\n\nafter\n')
+    script = [sys.executable, str(ROOT / 'scripts' / 'readme_table.py'), '--readme', str(readme)]
+    assert subprocess.run(script + ['--check'], capture_output=True, text=True).returncode == 1
+    assert subprocess.run(script, capture_output=True, text=True).returncode == 0
+    assert subprocess.run(script + ['--check'], capture_output=True, text=True).returncode == 0
+    text = readme.read_text()
+    assert '| stale |' not in text and '](reports/12_evaluate_' in text and text.endswith('<!-- comparison:end -->\n\nafter\n')
+
+
 def test_resume_picks_up_a_stopped_study(quick, tmp_path):
     "RESUME=1 keeps every evaluated run, continues a run whose evaluation is missing from its last.pt, and adds new seeds."
     w = tmp_path / 'w'
