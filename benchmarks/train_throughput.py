@@ -195,7 +195,9 @@ def sample_train_rows(table, n: int, seed: int = 0):
 def seed_rows(cache: str, split_csv: str | None, sources: str, n: int):
     "(rows of the train split found under `sources`, number listed): the file list of (a)."
     import pandas as pd
-    tab = sample_train_rows(pd.read_csv(split_csv or Path(cache) / 'index.csv'), n)
+    tab = pd.read_csv(split_csv or Path(cache) / 'index.csv')
+    drop = [x.strip() for x in DROP_SOURCES.split(',') if x.strip()]
+    tab = sample_train_rows(tab[~tab.source.isin(drop)], n)                  # --drop-sources: (a)'s list too
     found = tab[[(Path(sources) / p).is_file() for p in tab.path]]
     return found, len(tab)
 
