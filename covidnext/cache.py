@@ -74,7 +74,7 @@ def build_cache(split_csv,            # split.csv written by covidnext-build
         table['offset'] = np.concatenate([[0], np.cumsum(lengths)[:-1]]); table['nbytes'] = lengths
         table.to_csv(tmp/'index.csv', index=False)
         meta = dict(key=key, version=CACHE_VERSION, size=size, mode=mode, quality=quality, n=len(table),
-                    split_csv=Path(split_csv).name, bytes=int(lengths.sum()))
+                    split_csv=Path(split_csv).name, split=Path(split_csv).parent.name, bytes=int(lengths.sum()))
         (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
         if out.exists(): shutil.rmtree(out)
         os.replace(tmp, out)

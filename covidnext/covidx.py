@@ -21,9 +21,9 @@ from .sources import RADIOGRAPHY_CLASSES, find_sources, read_sources
 
 # %% auto #0
 __all__ = ['SPLITS', 'COVIDNET_TEST_PATIENTS', 'ADULT_ORIGIN', 'ADULT_SPLITS', 'ADULT_FRACS', 'COVID_VIEWS', 'NEAR_BITS',
-           'read_split_file', 'resolve_split_files', 'scan_images', 'leak_groups', 'find_leaks', 'carve_val',
-           'assign_test', 'select_adult_normals', 'assign_adult', 'dhash_bits', 'nearest_hash', 'add_covid',
-           'build_split', 'build_cli']
+           'EXTRA_COVID', 'read_split_file', 'resolve_split_files', 'scan_images', 'leak_groups', 'find_leaks',
+           'carve_val', 'assign_test', 'select_adult_normals', 'assign_adult', 'dhash_bits', 'nearest_hash',
+           'add_covid', 'build_split', 'build_cli']
 
 # %% ../nbs/03_covidx.ipynb #854fd9e0
 SPLITS = ('train', 'val', 'test', 'test_adult')  # in report order; `test_adult` only in the covidx-v1-adult variant
@@ -178,6 +178,7 @@ def assign_adult(df:pd.DataFrame,           # the COVIDx rows, split assigned, w
 # %% ../nbs/03_covidx.ipynb #e84164e8
 COVID_VIEWS = ('PA', 'AP')   # the views of COVIDx-v1's COVID-19 films
 NEAR_BITS = 6                # dHash distance (of 256 bits) at or below which two films are near-duplicates
+EXTRA_COVID = 'cohen-unlisted'  # the source name of the films added: Cohen's, not listed by COVIDx-v1's split files
 
 def dhash_bits(paths, hash_size:int=16, progress:bool=False) -> np.ndarray:
     "The dHash of each film as a bool array [N, hash_size**2] (imagehash's difference hash of the grayscale image)."
@@ -234,7 +235,7 @@ def _markdown(rep:dict) -> str:
               f"{rep['params']['seed']}). `test` is COVIDx's test without them; `test_adult` is reported apart."]
     if 'more_covid' in rep:
         c = rep['more_covid']
-        L += ['', f"More COVID-19 films ({c['source']}, views {'/'.join(c['views'])}, not in the split files): {c['used']} of "
+        L += ['', f"More COVID-19 films (Cohen's, not in the split files, as source `{c['source']}`; views {'/'.join(c['views'])}): {c['used']} of "
               f"{c['unlisted']} films ({c['patients']} patients) added to train; the others are dropped below with the reason. "
               "val and test are unchanged."]
     L += ['', '## Per source', '', '```', rep['per_source'], '```', '']
@@ -313,8 +314,9 @@ def build_split(sources=None,        # folder holding the public sources (defaul
                      & ~table.path.map(lambda p: Path(p).name).isin(listed)]
         ex, lost = _readable(cand.drop(columns='split', errors='ignore'), src, workers, progress)
         df, lost2 = add_covid(df, ex, NEAR_BITS, progress)
+        df.loc[df.path.isin(set(ex.path)), 'source'] = EXTRA_COVID   # so drop_sources can leave them out again
         dropped += lost + [dict(file=os.path.relpath(d['path'], src), split='', reason=d['reason']) for d in lost2]
-        covid = dict(source='cohen', views=list(COVID_VIEWS), unlisted=int(len(cand)), used=int(len(ex) - len(lost2)),
+        covid = dict(source=EXTRA_COVID, views=list(COVID_VIEWS), unlisted=int(len(cand)), used=int(len(ex) - len(lost2)),
                      patients=int(df.patient_id[df.path.isin(set(ex.path))].nunique()))
     leaks = find_leaks(df)
     if mode == 'regenerated' and len(leaks):

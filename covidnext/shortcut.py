@@ -25,9 +25,9 @@ from .train import load_checkpoint
 
 # %% auto #0
 __all__ = ['TEST_METRICS', 'clopper_pearson', 'false_covid_rate', 'paired_change', 'penultimate_features', 'source_probe',
-           'resolve_checkpoints', 'evaluate_runs', 'metric_ci', 'source_table', 'summarize_runs', 'compare_shortcut',
-           'shortcut_markdown', 'untrained_like', 'probe_models', 'probe_table', 'false_covid_cases', 'cam_pairs',
-           'screen_runs', 'choose_setting', 'screen_cli']
+           'resolve_checkpoints', 'trained_on', 'evaluate_runs', 'metric_ci', 'source_table', 'summarize_runs',
+           'compare_shortcut', 'shortcut_markdown', 'untrained_like', 'probe_models', 'probe_table',
+           'false_covid_cases', 'cam_pairs', 'screen_runs', 'choose_setting', 'screen_cli']
 
 # %% ../nbs/12_shortcut.ipynb #76122b67
 def clopper_pearson(k:int, # successes
@@ -137,6 +137,16 @@ def resolve_checkpoints(spec # a checkpoint path or glob pattern, or a list of t
     if not out: raise FileNotFoundError("no checkpoints given")
     return out
 
+def trained_on(cfg:dict # a checkpoint's training config
+              ) -> str:
+    "What a run trained on: its split.csv, or the split its cache was built from (and the cache), less the sources it left out."
+    if cfg.get('cache'):
+        meta = Path(cfg['cache'])/'meta.json'
+        split = json.loads(meta.read_text()).get('split') if meta.is_file() else None
+        s = f"{split} (cache {Path(cfg['cache']).name})" if split else f"cache {Path(cfg['cache']).name}"
+    else: s = str(cfg.get('split_csv'))
+    return s + (f" without {cfg['drop_sources']}" if cfg.get('drop_sources') else '')
+
 def evaluate_runs(checkpoints, # checkpoint paths or glob patterns (see `resolve_checkpoints`)
                   splits=('test', 'test_adult'), # splits of `split_csv` to evaluate
                   split_csv=None, # the covidx-v1-adult split.csv
@@ -160,7 +170,7 @@ def evaluate_runs(checkpoints, # checkpoint paths or glob patterns (see `resolve
             res[s]['meta']['checkpoint'] = str(path)
         m = ck.get('metrics') or {}
         runs.append(dict(checkpoint=str(path), arch=cfg.get('arch'), seed=cfg.get('seed'), epoch=ck.get('epoch'),
-                         trained_on=cfg.get('split_csv'), config=cfg, cache=str(caches[key]),
+                         trained_on=trained_on(cfg), config=cfg, cache=str(caches[key]),
                          val={k: m.get(k) for k in ('accuracy', 'macro_f1')}, results=res, preds=pred))
     return runs
 
@@ -338,7 +348,7 @@ def screen_runs(candidates:dict, # {setting name: checkpoint path(s) or glob pat
                                                 "screen on the covidx-v1-adult split (covidnext-build --adult-normals)")
             fc, rest = false_covid_rate(adult), pr.drop(adult.index)
             rows.append(dict(setting=name, seed=r['seed'], arch=r['arch'], epoch=r['epoch'],
-                             trained_on=Path(str(cfg.get('split_csv'))).parent.name,
+                             trained_on=trained_on(cfg),
                              **{k: cfg.get(k, d) for k, d in (('resize_mode', 'squash'), ('harmonize', 'none'), ('source_aug', 0.))},
                              val_macro_f1=res['macro_f1'], val_accuracy=res['accuracy'],
                              val_sens_covid=res['sensitivity']['COVID-19'],

@@ -23,7 +23,9 @@
 #                        without CACHE it serves every COVIDx-v1 run too (drop_sources=radiography leaves the adult films
 #                        out), so it is the one file such a machine needs; screen only settings without -pad/-all there
 #   PLUS_CACHE           the same for out/covidx-v1-adult-covid/split.csv: the plus settings train from it (without it
-#                        they need the sources)
+#                        they need the sources). Without ADULT_CACHE and CACHE it serves every step: its added films are
+#                        the source cohen-unlisted, so drop_sources=cohen-unlisted gives covidx-v1-adult, row for row,
+#                        and radiography,cohen-unlisted gives COVIDx-v1
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
 #   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
 #   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
@@ -49,6 +51,7 @@ else
 fi
 if [ -n "${CACHE:-}" ]; then DATA=(-p cache "$CACHE")
 elif [ -n "${ADULT_CACHE:-}" ]; then DATA=(-p cache "$ADULT_CACHE" -p drop_sources radiography)  # COVIDx-v1 = it without the adult films
+elif [ -n "${PLUS_CACHE:-}" ]; then DATA=(-p cache "$PLUS_CACHE" -p drop_sources radiography,cohen-unlisted)  # ... and the added COVID-19 films
 else DATA=(-p split_csv "$SPLIT" -p sources "$SOURCES"); fi
 PM=("$BIN/papermill" -k python3 --cwd . --no-progress-bar)
 RESUME=${RESUME:-0}; if [ "$RESUME" = 1 ]; then TRAIN+=(-p resume True); fi
@@ -97,7 +100,9 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   build_variant() {  # name, covidnext-build flags: the split, and its build report beside the study's reports
     "$BIN/covidnext-build" --sources "$SOURCES" --split-files "$SOURCES/covidx-v1-splits" --out "$OUT/$1" "${@:2}"
     cp "$OUT/$1/report.md" "$REPORTS/split_$1.md"; }
-  [ -n "${ADULT_CACHE:-}" ] || build_variant covidx-v1-adult --adult-normals
+  # covidx-v1-adult from its own cache, else from the plus cache without the added films, else built from the sources
+  ADULT_FROM=${ADULT_CACHE:-${PLUS_CACHE:-}}; ADULT_DROP=; [ -n "${ADULT_CACHE:-}" ] || [ -z "${PLUS_CACHE:-}" ] || ADULT_DROP=cohen-unlisted
+  [ -n "$ADULT_FROM" ] || build_variant covidx-v1-adult --adult-normals
   case " $MITIGATIONS " in *" plus"*) [ -n "${PLUS_CACHE:-}" ] || build_variant covidx-v1-adult-covid --adult-normals --more-covid ;; esac
   mitigation() {  # the 11_train parameters of a setting: <v1|adult|plus>[-pad|-equalize|-srcaug|-all]
     case "${1#*-}" in
@@ -106,10 +111,10 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
       *) echo "unknown mitigation setting $1" >&2; exit 2 ;;
     esac; }
   pads() { case "$1" in *-pad|*-all) return 0 ;; esac; return 1; }  # letterboxes: needs the sources, not a squash cache
-  split_data() {  # setting split.csv cache: a split's data parameters at the setting's geometry, from its squash cache if any
-    if [ -n "$3" ] && ! pads "$1"; then echo "-p cache $3"; else echo "-p split_csv $2 -p sources $SOURCES"; fi; }
+  split_data() {  # setting split.csv cache [drop]: a split's data parameters at the setting's geometry, from its squash cache if any
+    if [ -n "$3" ] && ! pads "$1"; then echo "-p cache $3${4:+ -p drop_sources $4}"; else echo "-p split_csv $2 -p sources $SOURCES"; fi; }
   data_for() {  # the data parameters of a setting: its split (plus: covidx-v1-adult-covid, whose val and test are adult's)
-    case "$1" in adult*) split_data "$1" "$ADULT" "${ADULT_CACHE:-}" ;; plus*) split_data "$1" "$PLUS" "${PLUS_CACHE:-}" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
+    case "$1" in adult*) split_data "$1" "$ADULT" "$ADULT_FROM" "$ADULT_DROP" ;; plus*) split_data "$1" "$PLUS" "${PLUS_CACHE:-}" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
     if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
@@ -123,13 +128,13 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   CAND=("v1=$V1RUNS/$SA-seed$S0/best.pt")
   for m in $MITIGATIONS; do spawn train_setting "$m" "$S0"; CAND+=("$m=$RUNS/shortcut/$m/$SA-seed$S0/best.pt"); done
   wait_jobs
-  if [ -n "${ADULT_CACHE:-}" ]; then SDATA=(--cache "$ADULT_CACHE"); else SDATA=(--split-csv "$ADULT" --sources "$SOURCES"); fi
+  if [ -n "$ADULT_FROM" ]; then SDATA=(--cache "$ADULT_FROM"); else SDATA=(--split-csv "$ADULT" --sources "$SOURCES"); fi
   CHOSEN=$("$BIN/covidnext-screen" --runs "${CAND[@]}" --split-csv "$ADULT" "${SDATA[@]}" --out "$REPORTS/14_screen.json" | tail -1)
   echo "== chosen on validation: $CHOSEN"
   if [ "$CHOSEN" = v1 ]; then CHOSEN_RUNS="$V1RUNS/$SA-seed*/best.pt"; else
     for s in $SEEDS; do [ "$s" = "$S0" ] || spawn train_setting "$CHOSEN" "$s"; done; wait_jobs
     CHOSEN_RUNS="$RUNS/shortcut/$CHOSEN/$SA-seed*/best.pt"; fi
-  read -r -a ADATA <<< "$(split_data "$CHOSEN" "$ADULT" "${ADULT_CACHE:-}")"
+  read -r -a ADATA <<< "$(split_data "$CHOSEN" "$ADULT" "$ADULT_FROM")"   # held-out splits only: no added film there
   "${PM[@]}" nbs/study/14_shortcut.ipynb "$REPORTS/14_shortcut.ipynb" -p runs_v1 "$V1RUNS/$SA-seed*/best.pt" \
     -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
     "${ADATA[@]}" -p out "$REPORTS"

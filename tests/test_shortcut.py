@@ -98,7 +98,7 @@ def test_more_covid_adds_to_train_only(splits):
     ad, pl = pd.read_csv(splits / 'covidx-v1-adult' / 'split.csv'), pd.read_csv(splits / 'covidx-v1-adult-covid' / 'split.csv')
     pd.testing.assert_frame_equal(pl[pl.path.isin(set(ad.path))].reset_index(drop=True), ad)
     added = pl[~pl.path.isin(set(ad.path))]
-    assert len(added) >= 200 and set(added.split) == {'train'} and set(added.label) == {'COVID-19'} and set(added.source) == {'cohen'}
+    assert len(added) >= 200 and set(added.split) == {'train'} and set(added.label) == {'COVID-19'} and set(added.source) == {'cohen-unlisted'}
     meta = pd.read_csv(SRC / 'covid-chestxray-dataset' / 'metadata.csv').set_index('filename')
     names = added.path.map(lambda p: Path(p).name)
     assert set(meta.view[names]) <= {'PA', 'AP'} and meta.finding[names].str.startswith('COVID-19').all()
@@ -286,3 +286,33 @@ def test_study_from_one_adult_cache(splits, tmp_path):
     s = json.loads((rq / '14_shortcut.json').read_text())
     assert sorted(x['checkpoint'] for x in s['runs']['COVIDx-v1']) == [f'runs/quick/shortcut/v1/resnet18-seed{s_}/best.pt' for s_ in (0, 1)]
     assert [x['setting'] for x in json.loads((rq / '14_screen.json').read_text())['runs']][:2] == ['v1', 'adult']
+
+
+def test_study_from_the_plus_cache_alone(splits, tmp_path):
+    """One covidx-v1-adult-covid cache serves every step: without its added films (source cohen-unlisted) it is
+    covidx-v1-adult row for row, and without the adult films as well it is COVIDx-v1; the plus settings train from
+    all of it. So a machine without the sources can screen every squash setting from that one file."""
+    from covidnext.cache import Cache, build_cache
+    from covidnext.train import TrainConfig, load_split
+    plus = build_cache(splits / 'covidx-v1-adult-covid' / 'split.csv', SRC, tmp_path / '.cache', 32, progress=False)
+    c = Cache(plus)
+    for drop, name in (('cohen-unlisted', 'covidx-v1-adult'), ('radiography,cohen-unlisted', 'covidx-v1')):
+        want = pd.read_csv(splits / name / 'split.csv')
+        for split in ('train', 'val', 'test'):
+            rows = load_split(c, split, TrainConfig(size=32, drop_sources=drop), 'cpu')[2]
+            assert c.table.path.values[rows].tolist() == want.path[want.split == split].tolist(), (name, split)
+    w = tmp_path
+    shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study'); shutil.copytree(ROOT / 'scripts', w / 'scripts')
+    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': 'resnet18', 'SEEDS': '0', 'DATASET': '0', 'PARALLEL': '2',
+           'PLUS_CACHE': str(plus), 'COVIDNEXT_SOURCES': str(w / 'no-sources'), 'MITIGATIONS': 'adult plus', 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    cfg = lambda run: json.loads((w / 'runs' / 'quick' / run / 'config.json').read_text())
+    assert (cfg('resnet18-seed0')['drop_sources'], cfg('shortcut/adult/resnet18-seed0')['drop_sources'],
+            cfg('shortcut/plus/resnet18-seed0')['drop_sources']) == ('radiography,cohen-unlisted', 'cohen-unlisted', '')
+    rq = w / 'reports' / 'quick'
+    assert json.loads((rq / '12_evaluate_resnet18_seed0' / 'test_results.json').read_text())['n'] == 639
+    sc = json.loads((rq / '14_screen.json').read_text())
+    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'plus'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
+    s = json.loads((rq / '14_shortcut.json').read_text())
+    assert s['runs']['COVIDx-v1'][0]['trained_on'] == f'covidx-v1-adult-covid (cache {plus.name}) without radiography,cohen-unlisted'
