@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The end-to-end wall time of the study: runs scripts/study.sh (arguments and environment pass through: PROFILE,
-# ARCHS, SEEDS, EPOCHS, CACHE, ADULT_CACHE, DATASET, BIN, OUT, COVIDNEXT_SOURCES, PARALLEL, SHORTCUT, MITIGATIONS) and adds one record, one line, to a JSON list:
+# ARCHS, SEEDS, EPOCHS, CACHE, ADULT_CACHE, PLUS_CACHE, DATASET, BIN, OUT, COVIDNEXT_SOURCES, PARALLEL, SHORTCUT, MITIGATIONS) and adds one record, one line, to a JSON list:
 # the profile, archs, seeds, epochs, device, torch, whether the data build was in it, the wall seconds and the exit
 # status. A run stopped by SIGTERM/SIGINT (e.g. a time limit) is recorded too, as "interrupted" with its seconds so far.
 #
@@ -9,7 +9,8 @@
 #   PYTHON           the python that has torch (default: $BIN/python, else python3), for the device only
 #
 # The data build (the split, in 10_dataset, and the image cache, built by the first training run) is in the time only
-# when DATASET is not 0 and no CACHE or ADULT_CACHE is given ("data_build": true); "cache" names the one given. The notebooks' own durations are in their papermill
+# when DATASET is not 0 and no CACHE, ADULT_CACHE or PLUS_CACHE is given ("data_build": true); "cache" names the one
+# the COVIDx-v1 runs use. The notebooks' own durations are in their papermill
 # metadata (reports/*.ipynb), for a breakdown.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ else
   OUTFILE=${STUDY_WALL_OUT:-reports/quick/study_wall.json}
 fi
 data_build=true
-if [ -n "${CACHE:-}" ] || [ -n "${ADULT_CACHE:-}" ] || [ "${DATASET:-1}" = 0 ]; then data_build=false; fi
+if [ -n "${CACHE:-}${ADULT_CACHE:-}${PLUS_CACHE:-}" ] || [ "${DATASET:-1}" = 0 ]; then data_build=false; fi
 device=$("$PY" -c "
 import torch
 if torch.cuda.is_available(): print(torch.cuda.get_device_name(), torch.__version__, sep='|')
@@ -46,7 +47,7 @@ e = os.environ
 rec = dict(profile=e['PROFILE'], archs=e['ARCHS_'].split(), seeds=[int(s) for s in e['SEEDS_'].split()],
            epochs=int(e['EPOCHS_']), size=int(e['SIZE_']), device=e['DEVICE'], torch=e['TORCH'], cores=os.cpu_count(),
            data_build=e['DATA_BUILD'] == 'true',
-           cache=Path(e.get('CACHE') or e['ADULT_CACHE']).name if e.get('CACHE') or e.get('ADULT_CACHE') else None,
+           cache=next((Path(e[k]).name for k in ('CACHE', 'ADULT_CACHE', 'PLUS_CACHE') if e.get(k)), None),
            parallel=int(e['PARALLEL_']), shortcut=e['SHORTCUT_'] != '0', mitigations=e['MITIGATIONS_'].split(),
            status=e['STATUS'], wall_s=round(float(e['WALL']), 1), started_utc=e['STARTED'],
            commit=e['COMMIT'], uncommitted_changes=e['DIRTY'] == 'true')
