@@ -15,7 +15,7 @@ from .evaluate import evaluate_probs, jsonable
 
 # %% auto #0
 __all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'mean_predictions', 'ensemble', 'compare_runs',
-           'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity']
+           'candidates', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity']
 
 # %% ../nbs/11_study.ipynb #c3751723
 ANCHORS = [
@@ -126,6 +126,10 @@ def compare_runs(reports, model_info:list|None=None, n_boot:int=1000) -> dict:
 def _pct(v): return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:.1f}'
 def _mp(p): return '–' if not p else f'{p / 1e6:.1f}M'
 
+def candidates(cmp:dict) -> list:
+    "Every candidate of a comparison: the variants, then their combination when there is one."
+    return cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else [])
+
 def comparison_markdown(cmp:dict, links:str|None='') -> str:
     "The comparison as a markdown table (percentages; 95 % CI in brackets; mean ± sd over seeds), with links to the reports."
     L = ['| model | accuracy | macro-F1 | macro precision | macro recall | COVID-19 sensitivity | params | GMACs |',
@@ -136,7 +140,7 @@ def comparison_markdown(cmp:dict, links:str|None='') -> str:
         L.append(f"| {name} | {_pct(a.get('accuracy'))} | {_pct(a.get('macro_f1'))} | {_pct(a.get('macro_precision'))} | "
                  f"{_pct(a.get('macro_recall'))} | {_pct(sens)} | {_mp(a.get('params'))} | "
                  f"{a.get('gmacs') or '–'} |")
-    for v in cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else []):
+    for v in candidates(cmp):
         e, ci, m, sd = v['test_ensemble'], v['test_ensemble_ci'], v['test_mean'], v.get('test_sd') or {}
         def cell(k):
             c = ci.get(k) or {}
@@ -154,12 +158,12 @@ def comparison_markdown(cmp:dict, links:str|None='') -> str:
     return '\n'.join(L) + '\n'
 
 # %% ../nbs/11_study.ipynb #a570f3b1
-TARGETS = (('accuracy', 0.835, "COVID-Net's accuracy"), ('macro_f1', 0.8438, "COVID-Next's macro-F1"))
+TARGETS = (('accuracy', ANCHORS[1]['accuracy'], "COVID-Net's accuracy"), ('macro_f1', ANCHORS[0]['macro_f1'], "COVID-Next's macro-F1"))
 
 def candidate(cmp:dict, name:str|None=None) -> dict:
     "A candidate of the comparison by name (a variant or the combination); the headline by default."
     name = name or cmp['headline']
-    for v in cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else []):
+    for v in candidates(cmp):
         if v['arch'] == name: return v
     raise KeyError(f"no candidate {name!r} in the comparison")
 
