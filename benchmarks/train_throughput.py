@@ -113,21 +113,20 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
     return time_blocks(step, steps, repeats, batch, dev, warmup)
 
 
-DROP_SOURCES = ''                                       # --drop-sources: sources (b) leaves out of the cache
-
-
-def fit_config(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int):
+def fit_config(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int,
+               drop_sources: str = ''):
     "(b)'s training config: `covidnext-train`'s defaults on the cache, quiet."
     from covidnext.train import TrainConfig
     return TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
                        out=str(out), progress=False, subset=subset, device='auto', log_images=False,
-                       drop_sources=DROP_SOURCES)
+                       drop_sources=drop_sources)
 
 
-def covidnext(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int) -> dict:
+def covidnext(cache: str, arch: str, size: int, batch: int, epochs: int, compile: bool, out: Path, subset: int,
+              drop_sources: str = '') -> dict:
     "(b) `fit` on the cache; the median images/s of its epochs after the first, and what goes with it."
     from covidnext.train import fit
-    cfg = fit_config(cache, arch, size, batch, epochs, compile, out, subset)
+    cfg = fit_config(cache, arch, size, batch, epochs, compile, out, subset, drop_sources)
     t0 = time.perf_counter()
     s = fit(cfg)
     wall = time.perf_counter() - t0
@@ -192,19 +191,19 @@ def sample_train_rows(table, n: int, seed: int = 0):
     return pd.concat(parts).sort_index()
 
 
-def seed_rows(cache: str, split_csv: str | None, sources: str, n: int):
+def seed_rows(cache: str, split_csv: str | None, sources: str, n: int, drop_sources: str = ''):
     "(rows of the train split found under `sources`, number listed): the file list of (a)."
     import pandas as pd
     tab = pd.read_csv(split_csv or Path(cache) / 'index.csv')
-    drop = [x.strip() for x in DROP_SOURCES.split(',') if x.strip()]
+    drop = [x.strip() for x in drop_sources.split(',') if x.strip()]
     tab = sample_train_rows(tab[~tab.source.isin(drop)], n)                  # --drop-sources: (a)'s list too
     found = tab[[(Path(sources) / p).is_file() for p in tab.path]]
     return found, len(tab)
 
 
-def pack_sources(cache: str, split_csv: str | None, sources: str, dest: str, n: int) -> dict:
+def pack_sources(cache: str, split_csv: str | None, sources: str, dest: str, n: int, drop_sources: str = '') -> dict:
     "Copy the source files (a) reads (n of the train split, stratified) into `dest`, with their relative paths."
-    rows, listed = seed_rows(cache, split_csv, sources, n)
+    rows, listed = seed_rows(cache, split_csv, sources, n, drop_sources)
     if len(rows) < listed: raise SystemExit(f"{listed - len(rows)} of the {listed} files are missing from {sources}")
     total = 0
     for p in rows.path:
@@ -244,11 +243,12 @@ SYNC_CALLS = ('cudaStreamSynchronize', 'cudaDeviceSynchronize', 'cudaEventSynchr
 # (an asynchronous copy from pinned memory, cudaMemcpyAsync, does not; a blocking .to() is cudaMemcpyAsync + cudaStreamSynchronize)
 
 
-def profile_fit(cache: str, arch: str, size: int, batch: int, subset: int, out: Path, compile: bool) -> dict:
+def profile_fit(cache: str, arch: str, size: int, batch: int, subset: int, out: Path, compile: bool,
+                drop_sources: str = '') -> dict:
     "(b) under torch.profiler: `fit` for 2 epochs (the first is warm-up); the busiest ops and the host's waits on the GPU."
     from torch.profiler import ProfilerActivity, profile
     from covidnext.train import fit
-    cfg = fit_config(cache, arch, size, batch, 2, compile, out, subset)
+    cfg = fit_config(cache, arch, size, batch, 2, compile, out, subset, drop_sources)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof: s = fit(cfg)
     ev = prof.key_averages()
@@ -284,17 +284,15 @@ def main(argv=None):
     p.add_argument('--pack-sources', default=None, metavar='DEST', help='only copy the files (a) reads into DEST, then exit')
     p.add_argument('--out', default=None, help='JSON output (default: reports/benchmarks.json; tiny: reports/quick/benchmarks_tiny.json)')
     p.add_argument('--run-dir', default='runs/benchmark', help='run folder of (b)')
-    p.add_argument('--drop-sources', default='', help="sources (b) leaves out of the cache, e.g. 'radiography': COVIDx-v1 from a covidx-v1-adult cache")
+    p.add_argument('--drop-sources', default='', help="sources (b) and (a) leave out of the cache, e.g. 'radiography': COVIDx-v1 from a covidx-v1-adult cache")
     p.add_argument('--skip-checkpoint', action='store_true', help='do not measure (d)')
     p.add_argument('--profile', action='store_true', help='only profile (b) with torch.profiler (2 epochs of fit): the busiest ops '
                    'into PROFILE.txt and the waits of the host on the GPU (synchronize and blocking memcpy calls, per training step) into PROFILE.json, '
                    'beside --out (default reports/benchmarks_profile.*; tiny: reports/quick/); then exit')
     a = p.parse_args(argv)
-    global DROP_SOURCES
-    DROP_SOURCES = a.drop_sources
     if a.pack_sources:
         if not a.sources: p.error('--pack-sources needs --sources')
-        pack_sources(a.cache, a.split_csv, a.sources, a.pack_sources, a.seed_images); return None
+        pack_sources(a.cache, a.split_csv, a.sources, a.pack_sources, a.seed_images, a.drop_sources); return None
     cuda = torch.cuda.is_available()
     dev = torch.device('cuda' if cuda else 'cpu')
     tiny = a.tiny or not cuda
@@ -309,7 +307,8 @@ def main(argv=None):
     if cuda: torch.backends.cudnn.benchmark = True
     if a.profile:
         stem = Path(a.out).with_suffix('') if a.out else Path('reports/quick/benchmarks_profile' if tiny else 'reports/benchmarks_profile')
-        prof = profile_fit(a.cache, a.arch, size, a.batch_size, a.subset, Path(a.run_dir + '_profile'), compile_modes[0])
+        prof = profile_fit(a.cache, a.arch, size, a.batch_size, a.subset, Path(a.run_dir + '_profile'), compile_modes[0],
+                           a.drop_sources)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix('.txt').write_text(prof.pop('table') + '\n')
         prof.update(machine(dev), arch=a.arch, size=size, batch_size=a.batch_size, subset=a.subset, compile=compile_modes[0])
@@ -352,7 +351,7 @@ def main(argv=None):
 
     def measure_bc(comp):
         tag = '_compiled' if comp else ''
-        b = covidnext(a.cache, a.arch, size, a.batch_size, a.epochs, comp, Path(a.run_dir + tag), a.subset)
+        b = covidnext(a.cache, a.arch, size, a.batch_size, a.epochs, comp, Path(a.run_dir + tag), a.subset, a.drop_sources)
         res.update({f'img_s_covidnext{tag}': b['img_s'], f'epoch_img_s{tag}': b['epoch_img_s'],
                     f'train_wall_s{tag}': b['train_wall_s'], f'val_macro_f1_last{tag}': b['val_macro_f1_last'],
                     f'fit_timing{tag}': b['fit_timing'], f'epoch_overhead_s{tag}': b['epoch_overhead_s']})
@@ -368,7 +367,7 @@ def main(argv=None):
         res['checkpoint'] = checkpoint_wait(a.arch, size, dev, a.repeats, Path(a.run_dir + '_checkpoint'))
         _free(dev); save()
     if a.sources:
-        rows, listed = seed_rows(a.cache, a.split_csv, a.sources, a.seed_images)
+        rows, listed = seed_rows(a.cache, a.split_csv, a.sources, a.seed_images, a.drop_sources)
         res['seed_style'] = dict(sources=Path(a.sources).name, images_listed=listed, images_read=len(rows),
                                  by_source=rows.groupby('source').size().to_dict() if len(rows) else {},
                                  workers=workers, sampler='one shuffled stream (no epoch restarts)')
