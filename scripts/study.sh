@@ -5,7 +5,7 @@
 #
 #   PROFILE=full|cpu|quick  full: 224 px, 30 epochs, every variant (covidnext50, resnext50_32x4d, resnet18,
 #                        covidnext50-frozen), 3 seeds, reports/ (for a GPU);
-#                        cpu: resnet18 at 64 px, 8 epochs, 2 seeds, reports/cpu/ (about an hour on 2 CPU cores);
+#                        cpu: resnet18 at 64 px, 8 epochs, 3 seeds, reports/cpu/ (a little over an hour on 2 CPU cores);
 #                        quick: tiny images and subsets, 1 epoch, reports/quick/ (a smoke test of every step)
 #   ARCHS, SEEDS         override the variants and seeds (space-separated; ARCHS= trains no variant); a variant is a
 #                        model name, or <model>-frozen for the seed's frozen backbone (here without ImageNet weights)
@@ -42,7 +42,7 @@ if [ "$PROFILE" = full ]; then
   ARCHS=${ARCHS-covidnext50 resnext50_32x4d resnet18 covidnext50-frozen}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports; RUNS=runs
   TRAIN=(-p epochs "${EPOCHS:-30}" -p size 224)
 elif [ "$PROFILE" = cpu ]; then
-  ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/cpu; RUNS=runs/cpu
+  ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1 2}; REPORTS=reports/cpu; RUNS=runs/cpu
   TRAIN=(-p epochs "${EPOCHS:-8}" -p size 64 -p ema 0.99)
 else
   ARCHS=${ARCHS-resnet18}; SEEDS=${SEEDS:-0 1}; REPORTS=reports/quick; RUNS=runs/quick
