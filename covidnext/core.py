@@ -21,6 +21,7 @@ class DataError(ValueError):
     def __init__(self, path, reason:str):
         self.path, self.reason = path, reason
         super().__init__(f"{path}: {reason}")
+    def __reduce__(self): return type(self), (self.path, self.reason)  # crosses process boundaries intact
 
 # %% ../nbs/00_core.ipynb #8c74fc56
 def sources_dir(path=None # a folder holding the public sources, or None to read `COVIDNEXT_SOURCES`

@@ -3,10 +3,11 @@
 Sections:
 1. Fabricators and fixtures, at module level and shared by every section: all inputs are made in `tmp_path`.
 2. Image files: `covidnext.io.load_xray`.
-3. Split files: to come (missing file, unknown label, `../` paths).
+3. Split files and the cache: a listed file that is missing, an unknown label, `../` paths, a patient or an image in
+   two splits, a corrupt image (dropped by the split build; named by the cache build, from its worker processes).
 """
 from __future__ import annotations
-import struct, sys, zlib
+import struct, subprocess, sys, zlib
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,14 @@ def test_split_corrupt_image_dropped(sources, tmp_path):
     (drop,) = rep['dropped']
     assert drop['file'].endswith('c1.png') and drop['reason'].startswith('unreadable:')
     assert rep['published']['train']['found'] == 7
+
+
+def test_cache_names_an_image_corrupted_after_the_split(sources, tmp_path):
+    build_split(sources, tmp_path / 'out', write_splits(sources, GOOD_TRAIN, GOOD_TEST), workers=1, progress=False)
+    bad = sources / 'covid-chestxray-dataset' / 'images' / 'c2.png'
+    bad.write_bytes(bad.read_bytes()[:40])
+    r = subprocess.run([Path(sys.executable).parent / 'covidnext-cache', '--split-csv', tmp_path / 'out' / 'split.csv',
+                        '--sources', sources, '--root', tmp_path / 'cache', '--size', '16', '--workers', '2'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and f'covidnext-cache: {bad}: ' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and not list((tmp_path / 'cache').glob('*'))
