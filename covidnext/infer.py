@@ -16,10 +16,6 @@ from .io import load_xray, fit_image
 # %% auto #0
 __all__ = ['NOTICE', 'find_inputs', 'BasePredictor', 'OnnxPredictor', 'load_predictor', 'predict_files', 'predict_cli']
 
-# %% ../nbs/13_infer.ipynb #7c2bbdfd
-NOTICE = ("covidnext: research software, not a medical device and not for clinical use: its outputs must not guide "
-          "the diagnosis or treatment of any patient.")
-
 # %% ../nbs/13_infer.ipynb #7efc170d
 def _name(image, i:int) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else f'array[{i}]'
@@ -157,7 +153,10 @@ def load_predictor(checkpoint, # a covidnext-train checkpoint (.pt) or a covidne
     try: return Predictor.from_checkpoint(checkpoint, device)
     except CheckpointError as e: raise ValueError(str(e)) from None
 
-# %% ../nbs/13_infer.ipynb #74178d19
+# %% ../nbs/13_infer.ipynb #50ce3fb7
+NOTICE = ("covidnext: research software, not a medical device and not for clinical use: its outputs must not guide "
+          "the diagnosis or treatment of any patient.")
+
 def predict_files(paths:Param("image files (PNG, JPEG or DICOM, recognised by content), folders (searched recursively; "
                               "hidden files skipped; every other file must be an image) and glob patterns", str, nargs='+'),
                   checkpoint:Param("checkpoint written by covidnext-train (best.pt or last.pt), or an .onnx model from covidnext-export "

@@ -16,8 +16,8 @@ from torchvision import models as tvm
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CONFIG_FORMAT', 'MODELS', 'HARMONIZE', 'COVIDNET_REFERENCE', 'Variant',
            'model_config', 'equalize', 'normalize', 'Preprocess', 'PretrainedWeightsError', 'sha256_file',
-           'verify_weights_file', 'imagenet_state_dict', 'ConvBn', 'XrayClassifier', 'build_from_config',
-           'create_model', 'covidnext50', 'count_params', 'count_macs', 'model_table']
+           'verify_weights_file', 'imagenet_state_dict', 'ConvBn', 'XrayClassifier', 'count_params',
+           'build_from_config', 'create_model', 'covidnext50', 'count_macs', 'model_table']
 
 # %% ../nbs/07_model.ipynb #21870e84
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights were trained on these
@@ -193,6 +193,13 @@ class XrayClassifier(nn.Module):
         self.cfg['freeze_backbone'] = bool(freeze)
         return self
 
+# %% ../nbs/07_model.ipynb #f88aa752
+def count_params(model:nn.Module, # any module
+                 trainable:bool=False # count only parameters that require grad
+                ) -> int:
+    "The number of parameters."
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
 # %% ../nbs/07_model.ipynb #62438e48
 _CFG_KEYS = {'format', 'name', 'n_classes', 'pretrained', 'weights', 'weights_file', 'freeze_backbone', 'in_chans',
              'repeat_chans', 'input_size', 'scale', 'mean', 'std'}
@@ -235,13 +242,6 @@ def covidnext50(n_classes:int=4, # outputs
                ) -> XrayClassifier:
     "COVID-Next as seeded: ResNeXt50-32x4d, ConvBn 2048-1024-2048-1024 (k=3,1,3), average pool, linear."
     return create_model('covidnext50', n_classes, pretrained, freeze_backbone, **kwargs)
-
-# %% ../nbs/07_model.ipynb #f88aa752
-def count_params(model:nn.Module, # any module
-                 trainable:bool=False # count only parameters that require grad
-                ) -> int:
-    "The number of parameters."
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 # %% ../nbs/07_model.ipynb #9543a9ef
 def count_macs(model:nn.Module, # a model taking [B,in_chans,size,size] (any device; its weights are not touched)

@@ -14,8 +14,8 @@ from .core import CLASSES, CLASS_TITLES
 from .evaluate import evaluate_probs, jsonable
 
 # %% auto #0
-__all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'mean_predictions', 'ensemble', 'compare_runs',
-           'candidates', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity']
+__all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'mean_predictions', 'ensemble', 'candidates',
+           'compare_runs', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity']
 
 # %% ../nbs/11_study.ipynb #c3751723
 ANCHORS = [
@@ -98,6 +98,10 @@ def _summary(name:str, per:dict, n_boot:int, facts:dict, seeds:list|None=None) -
 
 COMBINED = 'all end-to-end variants'
 
+def candidates(cmp:dict) -> list:
+    "Every candidate of a comparison: the variants, then their combination when there is one."
+    return cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else [])
+
 def compare_runs(reports, model_info:list|None=None, n_boot:int=1000) -> dict:
     "The comparison of every evaluated variant under `reports`, their combination, the headline choice on validation, and the anchors."
     runs = find_runs(reports)
@@ -125,10 +129,6 @@ def compare_runs(reports, model_info:list|None=None, n_boot:int=1000) -> dict:
 # %% ../nbs/11_study.ipynb #05925fd7
 def _pct(v): return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:.1f}'
 def _mp(p): return '–' if not p else f'{p / 1e6:.1f}M'
-
-def candidates(cmp:dict) -> list:
-    "Every candidate of a comparison: the variants, then their combination when there is one."
-    return cmp['variants'] + ([cmp['combined']] if cmp.get('combined') else [])
 
 def comparison_markdown(cmp:dict, links:str|None='') -> str:
     "The comparison as a markdown table (percentages; 95 % CI in brackets; mean ± sd over seeds), with links to the reports."
