@@ -107,17 +107,24 @@ class Cache:
         return torch.from_numpy(np.array(self.bin[o:o + n]))
 
     def images(self, idx=None, device='cpu', threads:int|None=None) -> torch.Tensor:
-        "Decode rows `idx` (default: all) into a `uint8 [N,1,H,W]` tensor on `device`."
+        "Decode rows `idx` (default: all) into a `uint8 [N,1,H,W]` tensor on `device`; a damaged row is named."
         from torchvision.io import decode_jpeg, ImageReadMode
-        idx = range(len(self)) if idx is None else idx
-        data = [self.raw(int(i)) for i in idx]
+        idx = [int(i) for i in (range(len(self)) if idx is None else idx)]
+        data = [self.raw(i) for i in idx]
+        def dec(k):
+            try: return decode_jpeg(data[k], mode=ImageReadMode.GRAY)
+            except RuntimeError as e:
+                raise DataError(self.path/'images.bin', f"row {idx[k]} ({self.table.path.iat[idx[k]]}) does not decode "
+                                f"({str(e).splitlines()[0]}): the cache is damaged; rebuild it") from None
         if torch.device(device).type == 'cuda':
             out = []
             for k in range(0, len(data), 512):
-                out += decode_jpeg(data[k:k + 512], mode=ImageReadMode.GRAY, device=device)
+                try: out += decode_jpeg(data[k:k + 512], mode=ImageReadMode.GRAY, device=device)
+                except RuntimeError:
+                    for j in range(k, min(k + 512, len(data))): dec(j)  # on the CPU, one by one: names the damaged row
+                    raise
             return torch.stack(out)
-        dec = lambda d: decode_jpeg(d, mode=ImageReadMode.GRAY)
-        with ThreadPoolExecutor(threads or os.cpu_count()) as ex: return torch.stack(list(ex.map(dec, data)))
+        with ThreadPoolExecutor(threads or os.cpu_count()) as ex: return torch.stack(list(ex.map(dec, range(len(data)))))
 
     def without_sources(self, rows, drop_sources:str='') -> np.ndarray:
         "`rows` less those of the comma-separated sources in `drop_sources`; naming a source the cache lacks is an error."

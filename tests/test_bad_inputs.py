@@ -4,7 +4,8 @@ Sections:
 1. Fabricators and fixtures, at module level and shared by every section: all inputs are made in `tmp_path`.
 2. Image files: `covidnext.io.load_xray`.
 3. Split files and the cache: a listed file that is missing, an unknown label, `../` paths, a patient or an image in
-   two splits, a corrupt image (dropped by the split build; named by the cache build, from its worker processes).
+   two splits, a corrupt image (dropped by the split build; named by the cache build, from its worker processes), a
+   cache damaged after its build (the row and its source file named by covidnext-train).
 """
 from __future__ import annotations
 import struct, subprocess, sys, zlib
@@ -331,3 +332,16 @@ def test_cache_names_an_image_corrupted_after_the_split(sources, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and f'covidnext-cache: {bad}: ' in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr and not list((tmp_path / 'cache').glob('*'))
+
+
+def test_train_names_a_damaged_cache_row(sources, tmp_path):
+    from covidnext.cache import Cache, build_cache
+    build_split(sources, tmp_path / 'out', write_splits(sources, GOOD_TRAIN, GOOD_TEST), workers=1, progress=False)
+    c = Cache(build_cache(tmp_path / 'out' / 'split.csv', sources, tmp_path / 'cache', size=16, workers=1, progress=False))
+    i = int(c.indices('train')[1])
+    with open(c.path / 'images.bin', 'r+b') as f: f.seek(int(c.table.offset[i])); f.write(b'\0' * 4)   # damaged after the build
+    r = subprocess.run([Path(sys.executable).parent / 'covidnext-train', '--cache', c.path, '--size', '16', '--arch', 'resnet18',
+                        '--epochs', '1', '--device', 'cpu', '--out', tmp_path / 'run', '--no-progress'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and f"covidnext-train: {c.path / 'images.bin'}: row {i} ({c.table.path[i]}) does not decode" in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
