@@ -18,10 +18,10 @@ from .cache import Cache, build_cache
 from .train import CheckpointError, classification_metrics, load_checkpoint, model_from_checkpoint, predict_probs
 
 # %% auto #0
-__all__ = ['covidnet_rates', 'confusion_metrics', 'roc_auc', 'weighted_auc', 'calibration', 'patient_codes', 'patient_draws',
-           'bootstrap_metrics', 'percentile_ci', 'evaluate_probs', 'per_source_metrics', 'plot_confusion', 'plot_roc',
-           'plot_reliability', 'jsonable', 'metrics_table', 'save_results', 'resolve_device', 'split_cache',
-           'evaluate_checkpoint', 'format_table', 'evaluate_cli']
+__all__ = ['PAIRED_METRICS', 'covidnet_rates', 'confusion_metrics', 'roc_auc', 'weighted_auc', 'calibration', 'patient_codes',
+           'patient_draws', 'bootstrap_metrics', 'percentile_ci', 'evaluate_probs', 'paired_difference',
+           'per_source_metrics', 'plot_confusion', 'plot_roc', 'plot_reliability', 'jsonable', 'metrics_table',
+           'save_results', 'resolve_device', 'split_cache', 'evaluate_checkpoint', 'format_table', 'evaluate_cli']
 
 # %% ../nbs/09_evaluate.ipynb #193ab8c0
 def covidnet_rates(cm # confusion matrix [K,K] (rows: true class, columns: predicted), or a stack [...,K,K]
@@ -196,6 +196,29 @@ def evaluate_probs(y_true, # class indices [N]
                 auc={c: float(v) for c, v in zip(classes, auc)}, confusion=r['confusion'],
                 ece=cal['ece'], reliability={k: v for k, v in cal.items() if k != 'ece'},
                 ci=cis, bootstrap=dict(n_boot=int(n_boot), seed=int(seed), level=0.95, unit='patient', method='percentile'))
+
+# %% ../nbs/09_evaluate.ipynb #5ffc2586
+PAIRED_METRICS = ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall')
+
+def paired_difference(a:pd.DataFrame, # the reference's per-image predictions: path, label, patient_id, prob_<class>
+                      b:pd.DataFrame, # the other model's, of the same images in the same order
+                      metric:str='macro_f1', # one of `PAIRED_METRICS`
+                      classes=CLASSES, # class names
+                      n_boot:int=1000, # patient-bootstrap resamples, the same ones for both
+                      seed:int=0 # seed of the resamples
+                     ) -> dict:
+    "b's metric minus a's on the same images, with the 95 % interval of the paired patient bootstrap."
+    if metric not in PAIRED_METRICS: raise ValueError(f"metric {metric!r}: one of {PAIRED_METRICS}")
+    if not a.path.reset_index(drop=True).equals(b.path.reset_index(drop=True)):
+        raise ValueError("the two predictions are not of the same images in the same order")
+    y = np.array([list(classes).index(l) for l in a.label])
+    cols = [f'prob_{c}' for c in classes]
+    pa, pb = a[cols].to_numpy(float), b[cols].to_numpy(float)
+    va, vb = (classification_metrics(y, p, classes)[metric] for p in (pa, pb))
+    boot = [bootstrap_metrics(y, p, a.patient_id.to_numpy(), classes, n_boot, seed)[metric] for p in (pa, pb)]
+    lo, hi, n = percentile_ci(boot[1] - boot[0])
+    return dict(metric=metric, reference=va, value=vb, difference=vb - va, low=lo, high=hi, n_boot=n,
+                method='paired patient bootstrap (the same resamples for both), percentile interval')
 
 # %% ../nbs/09_evaluate.ipynb #866eaacc
 def per_source_metrics(y_true, # class indices [N]

@@ -19,16 +19,15 @@ from sklearn.preprocessing import StandardScaler
 
 from fastcore.script import Param
 from .core import CLASSES, CLASS_TITLES, DataError, call_cli, cli_parser
-from .evaluate import bootstrap_metrics, evaluate_checkpoint, jsonable, percentile_ci, split_cache
+from .evaluate import evaluate_checkpoint, jsonable, paired_difference, split_cache
 from .study import ensemble, mean_predictions
-from .train import classification_metrics, load_checkpoint
+from .train import load_checkpoint
 
 # %% auto #0
-__all__ = ['TEST_METRICS', 'PAIRED_METRICS', 'clopper_pearson', 'false_covid_rate', 'paired_change', 'penultimate_features',
-           'source_probe', 'resolve_checkpoints', 'trained_on', 'evaluate_runs', 'metric_ci', 'source_table',
-           'summarize_runs', 'compare_shortcut', 'shortcut_markdown', 'untrained_like', 'probe_models', 'probe_table',
-           'false_covid_cases', 'cam_pairs', 'paired_difference', 'shortcut_targets', 'screen_runs', 'choose_setting',
-           'screen_cli']
+__all__ = ['TEST_METRICS', 'clopper_pearson', 'false_covid_rate', 'paired_change', 'penultimate_features', 'source_probe',
+           'resolve_checkpoints', 'trained_on', 'evaluate_runs', 'metric_ci', 'source_table', 'summarize_runs',
+           'compare_shortcut', 'shortcut_markdown', 'untrained_like', 'probe_models', 'probe_table',
+           'false_covid_cases', 'cam_pairs', 'shortcut_targets', 'screen_runs', 'choose_setting', 'screen_cli']
 
 # %% ../nbs/12_shortcut.ipynb #76122b67
 def clopper_pearson(k:int, # successes
@@ -329,28 +328,6 @@ def cam_pairs(models:dict, # {name: model}
     return fig
 
 # %% ../nbs/12_shortcut.ipynb #c8615272
-PAIRED_METRICS = ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall')
-
-def paired_difference(a:pd.DataFrame, # the reference's per-image predictions: path, label, patient_id, prob_<class>
-                      b:pd.DataFrame, # the other model's, of the same images in the same order
-                      metric:str='macro_f1', # one of `PAIRED_METRICS`
-                      classes=CLASSES, # class names
-                      n_boot:int=1000, # patient-bootstrap resamples, the same ones for both
-                      seed:int=0 # seed of the resamples
-                     ) -> dict:
-    "b's metric minus a's on the same images, with the 95 % interval of the paired patient bootstrap."
-    if metric not in PAIRED_METRICS: raise ValueError(f"metric {metric!r}: one of {PAIRED_METRICS}")
-    if not a.path.reset_index(drop=True).equals(b.path.reset_index(drop=True)):
-        raise ValueError("the two predictions are not of the same images in the same order")
-    y = np.array([list(classes).index(l) for l in a.label])
-    cols = [f'prob_{c}' for c in classes]
-    pa, pb = a[cols].to_numpy(float), b[cols].to_numpy(float)
-    va, vb = (classification_metrics(y, p, classes)[metric] for p in (pa, pb))
-    boot = [bootstrap_metrics(y, p, a.patient_id.to_numpy(), classes, n_boot, seed)[metric] for p in (pa, pb)]
-    lo, hi, n = percentile_ci(boot[1] - boot[0])
-    return dict(metric=metric, reference=va, value=vb, difference=vb - va, low=lo, high=hi, n_boot=n,
-                method='paired patient bootstrap (the same resamples for both), percentile interval')
-
 def shortcut_targets(summary:dict, # `compare_shortcut`'s summary
                      ens:dict, # `compare_shortcut`'s ensemble predictions
                      reference:str, # the COVIDx-v1 training set's label

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 
 from .core import CLASSES, CLASS_TITLES
-from .evaluate import evaluate_probs, jsonable
+from .evaluate import evaluate_probs, jsonable, paired_difference
 
 # %% auto #0
 __all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'mean_predictions', 'ensemble', 'candidates',
-           'compare_runs', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity']
+           'compare_runs', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity',
+           'candidate_predictions', 'paired_table']
 
 # %% ../nbs/11_study.ipynb #c3751723
 ANCHORS = [
@@ -184,3 +185,33 @@ def val_test_sensitivity(cmp:dict, name:str|None=None) -> pd.DataFrame:
     t = pd.DataFrame({'validation': {c: v['val_ensemble'][f'sens_{c}'] for c in CLASSES},
                       'test': {c: v['test_ensemble'][f'sens_{c}'] for c in CLASSES}}) * 100
     return t.assign(drop=t.validation - t.test).round(1)
+
+# %% ../nbs/11_study.ipynb #53d93b55
+def candidate_predictions(cmp:dict, # `compare_runs`'s result
+                          reports, # the folder of the evaluation reports it was made from
+                          split:str='test' # 'test' or 'val'
+                         ) -> dict:
+    "{candidate: its ensemble's per-image predictions on `split`}: each variant's seeds, and the combination's runs."
+    runs, out = find_runs(reports), {}
+    for v in candidates(cmp):
+        members = v.get('members') or [v['arch']]
+        out[v['arch']] = mean_predictions([load_run(f, split)[1] for f in runs.folder[runs.arch.isin(members)]])
+    return out
+
+def paired_table(cmp:dict, # `compare_runs`'s result
+                 reports, # the folder of the evaluation reports it was made from
+                 metrics=('accuracy', 'macro_f1'), # metrics of `covidnext.evaluate.PAIRED_METRICS`
+                 n_boot:int=1000, # resamples, the same for every pair
+                 seed:int=0 # their seed
+                ) -> pd.DataFrame:
+    "Each other candidate minus the headline on test, with the paired 95 % interval, in points."
+    preds, head = candidate_predictions(cmp, reports), cmp['headline']
+    rows = []
+    for name, p in preds.items():
+        if name == head: continue
+        for m in metrics:
+            d = paired_difference(preds[head], p, m, n_boot=n_boot, seed=seed)
+            rows.append(dict(candidate=name, metric=m, headline=100 * d['reference'], value=100 * d['value'],
+                             difference=100 * d['difference'], low=100 * d['low'], high=100 * d['high'],
+                             verdict='lower' if d['high'] < 0 else 'higher' if d['low'] > 0 else 'no clear difference'))
+    return pd.DataFrame(rows, columns=['candidate', 'metric', 'headline', 'value', 'difference', 'low', 'high', 'verdict'])
