@@ -343,14 +343,13 @@ def shortcut_targets(summary:dict, # `compare_shortcut`'s summary
     cov = t[t.label == 'COVID-19']
     found = int((cov.pred == 'COVID-19').sum())
     d = paired_difference(ens[reference]['test'], t, 'macro_f1', n_boot=n_boot, seed=seed)
-    p = lambda v: f'{100 * v:.1f}'
-    return [dict(target=f'held-out adult normals called COVID-19 <= {p(max_false_covid)} %', met=bool(fc['rate'] <= max_false_covid),
-                 value=f"{fc['covid']}/{fc['n']} = {p(fc['rate'])} % (95 % CI {p(fc['ci_low'])}-{p(fc['ci_high'])})",
+    return [dict(target=f'held-out adult normals called COVID-19 <= {_pct(max_false_covid)} %', met=bool(fc['rate'] <= max_false_covid),
+                 value=f"{fc['covid']}/{fc['n']} = {_pct(fc['rate'])} % (95 % CI {_pct(fc['ci_low'])}-{_pct(fc['ci_high'])})",
                  rate=fc['rate'], ci_high=fc['ci_high'], upper_bound_met=bool(fc['ci_high'] <= max_false_covid)),
             dict(target=f'COVIDx-v1 test COVID-19 films found >= {min_covid_found}/{len(cov)}', met=found >= min_covid_found,
                  value=f'{found}/{len(cov)}', found=found, total=int(len(cov))),
             dict(target=f'COVIDx-v1 test macro-F1 no lower than {reference} within the 95 % interval', met=bool(d['high'] >= 0),
-                 value=f"{p(d['value'])} against {p(d['reference'])}: {p(d['difference'])} (95 % CI {p(d['low'])} to {p(d['high'])})",
+                 value=f"{_pct(d['value'])} against {_pct(d['reference'])}: {_pct(d['difference'])} (95 % CI {_pct(d['low'])} to {_pct(d['high'])})",
                  **{k: d[k] for k in ('difference', 'low', 'high', 'method')})]
 
 # %% ../nbs/12_shortcut.ipynb #88e3ec7c
