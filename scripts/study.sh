@@ -78,6 +78,9 @@ wait_jobs() { while [ ${#JOBS[@]} -gt 0 ]; do reap; done
   [ $FAILED = 0 ] || { echo "study: a step failed (exit $FAILED); see above" >&2; exit $FAILED; }; }
 spawn() { while [ ${#JOBS[@]} -ge "$PARALLEL" ]; do reap; done; [ $FAILED = 0 ] || wait_jobs
   "$@" & JOBS+=($!); }
+keep_logs() {  # a run folder: its summary.json and log.csv beside the reports, in training_logs/ (checkpoints stay in $RUNS)
+  local d="$REPORTS/training_logs/${1#"$RUNS"/}"; mkdir -p "$d"
+  for f in summary.json log.csv; do [ ! -f "$1/$f" ] || cp "$1/$f" "$d/"; done; }
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
 train_eval() {  # variant seed
@@ -86,6 +89,7 @@ train_eval() {  # variant seed
   # shellcheck disable=SC2046
   "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
     "${DATA[@]}" "${TRAIN[@]}"
+  keep_logs "$RUNS/$1-seed$2"
   "${PM[@]}" nbs/study/12_evaluate.ipynb "$REPORTS/12_evaluate_${1}_seed${2}.ipynb" -p name "${1}_seed${2}" \
     -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"; }
 for a in $ARCHS; do for s in $SEEDS; do spawn train_eval "$a" "$s"; done; done
@@ -120,7 +124,8 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
     "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \
-      -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1"); }
+      -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1")
+    keep_logs "$RUNS/shortcut/$1/$SA-seed$2"; }
   # The reference, SHORTCUT_ARCH on COVIDx-v1: the study's own runs where their checkpoints are here (ARCHS trained
   # them); else (a resumed study keeps the reports, not the checkpoints) trained for this step as the setting v1.
   V1RUNS=$RUNS; for s in $SEEDS; do [ -f "$RUNS/$SA-seed$s/best.pt" ] || V1RUNS=$RUNS/shortcut/v1; done

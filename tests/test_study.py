@@ -37,6 +37,10 @@ def test_quick_profile_writes_every_report(quick):
         assert (rq / f'{name}.ipynb').is_file() and (rq / f'{name}.html').is_file(), name
     assert (rq / '10_dataset.ipynb').is_file() and (rq / '10_dataset.html').is_file()
     assert not list((quick / 'reports').glob('1[0-4]_*'))            # quick never writes the full profile's reports
+    for seed in (0, 1):                                                 # each run's logs beside its reports
+        logs, run = rq / 'training_logs' / f'resnet18-seed{seed}', quick / 'runs' / 'quick' / f'resnet18-seed{seed}'
+        assert (logs / 'summary.json').read_text() == (run / 'summary.json').read_text()
+        assert (logs / 'log.csv').read_text() == (run / 'log.csv').read_text()
 
 
 def test_parameters_and_device_recorded(quick):
