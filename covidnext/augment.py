@@ -13,8 +13,9 @@ from PIL import Image
 from torchvision.transforms import v2, InterpolationMode
 
 # %% auto #0
-__all__ = ['AugmentConfig', 'to_gray_uint8', 'train_transforms', 'eval_transforms', 'sample_params', 'affine_theta', 'to_device',
-           'blur_batch', 'jpeg_batch', 'augment_batch', 'resize_batch', 'GpuAugment']
+__all__ = ['JPEG_LUMA_Q50', 'AugmentConfig', 'to_gray_uint8', 'train_transforms', 'eval_transforms', 'sample_params',
+           'affine_theta', 'to_device', 'blur_batch', 'jpeg_tables', 'jpeg_batch', 'augment_batch', 'resize_batch',
+           'GpuAugment']
 
 # %% ../nbs/06_augment.ipynb #6279d71a
 @dataclass
@@ -210,20 +211,41 @@ def blur_batch(x:torch.Tensor, # float [B,1,H,W]
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode='reflect'), w.view(B, 1, k, 1), groups=B)
     return y.view(B, 1, H, W)
 
+# libjpeg's luminance quantization table at quality 50 (the JPEG standard's Annex K table), row by row
+JPEG_LUMA_Q50 = (16, 11, 10, 16, 24, 40, 51, 61,   12, 12, 14, 19, 26, 58, 60, 55,   14, 13, 16, 24, 40, 57, 69, 56,
+                 14, 17, 22, 29, 51, 87, 80, 62,   18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
+
+def jpeg_tables(quality:torch.Tensor # [B] int: JPEG qualities, 1..100
+               ) -> torch.Tensor:
+    "Each quality's luminance quantization table [B,8,8] (float64), scaled as libjpeg's `jpeg_set_quality` does for baseline JPEG."
+    q = quality.double().clamp(1, 100)
+    scale = torch.where(q < 50, (5000 / q).floor(), 200 - 2 * q)  # integer arithmetic, as libjpeg
+    base = torch.tensor(JPEG_LUMA_Q50, dtype=torch.float64, device=q.device).view(1, 8, 8)
+    return ((base * scale.view(-1, 1, 1) + 50) / 100).floor().clamp(1, 255)
+
+def _dct_basis(device) -> torch.Tensor:
+    "The 64 orthonormal 8x8 DCT-II basis images as convolution weights [64,1,8,8] (float64)."
+    k = torch.arange(8, dtype=torch.float64, device=device)
+    d = torch.cos((2 * k[None] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] /= math.sqrt(2)
+    return torch.einsum('ux,vy->uvxy', d, d).reshape(64, 1, 8, 8)
+
 def jpeg_batch(x:torch.Tensor, # uint8 [B,1,H,W] or float [B,1,H,W] in [0,1]
                which:torch.Tensor, # [B] bool: the images to re-compress
                quality:torch.Tensor # [B] int: each image's JPEG quality
               ) -> torch.Tensor:
-    "The chosen images JPEG-encoded and decoded again (torchvision.io, on the CPU); same dtype and device out as in."
-    from torchvision.io import encode_jpeg, decode_jpeg
-    idx = which.nonzero().flatten().tolist()
-    if not idx: return x
-    u8 = x.dtype == torch.uint8
-    src = (x[idx] if u8 else (x[idx] * 255).round().clamp(0, 255).to(torch.uint8)).cpu()
-    dec = torch.stack([decode_jpeg(encode_jpeg(img, quality=int(quality[i]))) for img, i in zip(src, idx)])
-    y = x.clone()
-    y[idx] = (dec if u8 else dec.to(x.dtype) / 255).to(x.device)
-    return y
+    "The chosen images through a baseline grayscale JPEG round trip at their own quality, in batched tensor ops on the batch's device; same dtype out as in."
+    if not which.any(): return x
+    B, _, H, W = x.shape
+    dev, u8 = x.device, x.dtype == torch.uint8
+    v = x.double() if u8 else (x.double() * 255).round().clamp(0, 255)  # float64: no autocast, no TF32
+    if H % 8 or W % 8: v = F.pad(v, (0, -W % 8, 0, -H % 8), mode='replicate')  # partial blocks, as libjpeg pads them
+    basis, q = _dct_basis(dev), jpeg_tables(to_device(quality, dev)).view(B, 64, 1, 1)
+    coef = (F.conv2d(v - 128, basis, stride=8) / q).round() * q  # level shift, 8x8 DCT, quantize, dequantize
+    y = (F.conv_transpose2d(coef, basis, stride=8) + 128)[..., :H, :W].round().clamp(0, 255)
+    y = y.to(torch.uint8) if u8 else (y / 255).to(x.dtype)
+    return torch.where(to_device(which, dev).view(B, 1, 1, 1), y, x)
 
 def augment_batch(x:torch.Tensor, # uint8 [B,1,H,W] in [0,255], or float [B,1,H,W] in [0,1]
                   p:dict, # the draws, from `sample_params` (CPU tensors)

@@ -118,3 +118,31 @@ def test_study_wall_records_each_run(tmp_path):
     a = recs[0]
     assert (a['profile'], a['archs'], a['seeds'], a['epochs'], a['cache'], a['data_build']) == ('full', ['resnet18'], [0, 1], 30, 'v1-224', False)
     assert a['device'] and a['torch'] and a['wall_s'] >= 0 and recs[2]['wall_s'] < 30
+
+
+def test_augment_throughput_compares_the_jpeg_steps(cache, tmp_path):
+    "benchmarks/augment_throughput.py, tiny: the three variants in one run, and the previous JPEG step restored after."
+    spec = importlib.util.spec_from_file_location('augment_throughput', ROOT / 'benchmarks' / 'augment_throughput.py')
+    at = importlib.util.module_from_spec(spec); spec.loader.exec_module(at)
+    import torch
+    import covidnext.augment as A
+    x = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    which, q = torch.tensor([True, False, True, False]), torch.tensor([30, 30, 60, 60])
+    current = A.jpeg_batch
+    with at.jpeg_step(at.jpeg_libjpeg):
+        assert A.jpeg_batch is at.jpeg_libjpeg
+        old = A.augment_batch(x, {**A.sample_params(4, 32, 32, A.AugmentConfig.off()), 'jpeg': which, 'quality': q})
+    assert A.jpeg_batch is current                                       # put back
+    assert torch.equal(old[~which], x[~which]) and not torch.equal(old[which], x[which])
+    out = tmp_path / 'augment.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'augment_throughput.py'), '--cache', str(cache),
+                        '--batch-size', '8', '--images', '24', '--steps', '1', '--repeats', '1', '--warmup', '0',
+                        '--out', str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res['complete'] and res['size'] == 32 and res['images'] == 24 and res['arch'] == 'resnet18'
+    assert set(res['results']) == {'seed', 'tensor', 'libjpeg'}
+    for v in res['results'].values():
+        for kind in ('augment', 'train'): assert v[kind]['img_s'] > 0 and v[kind]['host_ms_per_call'] > 0
+    assert math.isclose(res['train_tensor_vs_libjpeg'],
+                        res['results']['tensor']['train']['img_s'] / res['results']['libjpeg']['train']['img_s'], rel_tol=1e-2)
