@@ -146,3 +146,25 @@ def test_augment_throughput_compares_the_jpeg_steps(cache, tmp_path):
         for kind in ('augment', 'train'): assert v[kind]['img_s'] > 0 and v[kind]['host_ms_per_call'] > 0
     assert math.isclose(res['train_tensor_vs_libjpeg'],
                         res['results']['tensor']['train']['img_s'] / res['results']['libjpeg']['train']['img_s'], rel_tol=1e-2)
+
+
+def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
+    "benchmarks/gpu.sh's wiring, with a stand-in python that records its arguments (the scripts it calls are tested above)."
+    log, stub = tmp_path / 'calls.txt', tmp_path / 'python'
+    stub.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo h100; else echo "$@" >> {log}; fi\n')
+    stub.chmod(0o755)
+    env = {**ENV, 'PYTHON': str(stub), 'CACHE': str(cache), 'STAGES': 'throughput profile augment',
+           'DROP_SOURCES': 'radiography', 'SEED_SOURCES': 'seed-src'}
+    r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = log.read_text().splitlines()
+    assert calls == [f'benchmarks/train_throughput.py --cache {cache} --sources seed-src --drop-sources radiography --compile off '
+                     '--out reports/benchmarks/train_throughput_h100.json',
+                     f'benchmarks/train_throughput.py --cache {cache} --drop-sources radiography --compile off --profile '
+                     '--out reports/benchmarks/profile_h100.json',
+                     f'benchmarks/augment_throughput.py --cache {cache} --out reports/benchmarks/augment_h100.json']
+    for bad, msg in (({'STAGES': 'nope'}, "unknown stage 'nope'"), ({'CACHE': str(tmp_path / 'none')}, 'is not a folder'),
+                     ({'DROP_SOURCES': 'kermany'}, 'DROP_SOURCES=kermany')):
+        r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
+                           env={**env, **bad}, timeout=60)
+        assert r.returncode == 2 and msg in r.stderr, (bad, r.stderr)
