@@ -11,7 +11,8 @@ copied them back. It is now a grayscale JPEG round trip in batched tensor ops on
   libjpeg     source_aug P with the previous JPEG step (reproduced below as `jpeg_libjpeg`, put in its place)
 
 each twice: the augmentation alone (`augment`), and the augmentation followed by one training step of `--arch`
-(bf16 autocast and channels_last on CUDA, Adam), as `train_one_epoch` does (`train`). Images: the train split of a
+(bf16 autocast and channels_last on CUDA, Adam), as `train_one_epoch` does (`train`); and for the two JPEG steps,
+the step alone on a batch with every other image chosen, at qualities drawn from AugmentConfig's range (`jpeg`). Images: the train split of a
 built cache (`--cache`, decoded onto the device once), batches drawn at random from it. After `--warmup` calls,
 `--repeats` blocks of `--steps` calls are timed with CUDA events on a GPU (perf_counter on a CPU); the figure is
 images/s of the median block. The host's own seconds per call (perf_counter without a final synchronize) are recorded
@@ -129,9 +130,17 @@ def main(argv=None):
             with autocast(dev, cuda): loss = F.cross_entropy(model(xb).float(), y)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
 
+        which = torch.arange(a.batch_size) % 2 == 0
+        quality = torch.randint(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, (a.batch_size,), generator=torch.Generator().manual_seed(2))
+        xj = x[:a.batch_size]
+
+        def jpeg():
+            return fn(xj, which, quality)
+
         r = {}
         with jpeg_step(fn):
-            for kind, call in (('augment', augment), ('train', train)):
+            for kind, call in (('jpeg', jpeg), ('augment', augment), ('train', train)):
+                if kind == 'jpeg' and name == 'seed': continue
                 blocks = tt.time_blocks(call, steps, a.repeats, a.batch_size, dev, warmup)
                 if cuda: torch.cuda.synchronize(dev)
                 host = host_seconds(call, steps)
@@ -146,6 +155,7 @@ def main(argv=None):
     res['train_tensor_vs_libjpeg'] = round(R['tensor']['train']['img_s'] / R['libjpeg']['train']['img_s'], 3)
     res['train_tensor_vs_seed'] = round(R['tensor']['train']['img_s'] / R['seed']['train']['img_s'], 3)
     res['train_libjpeg_vs_seed'] = round(R['libjpeg']['train']['img_s'] / R['seed']['train']['img_s'], 3)
+    res['jpeg_tensor_vs_libjpeg'] = round(R['tensor']['jpeg']['img_s'] / R['libjpeg']['jpeg']['img_s'], 3)
     res['complete'] = True
     save()
     print(f"training step with source_aug {a.source_aug}: tensor JPEG / libjpeg = {res['train_tensor_vs_libjpeg']}; "

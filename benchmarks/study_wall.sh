@@ -38,7 +38,7 @@ else:
 
 record() {  # status, seconds
   STATUS=$1 WALL=$2 DEVICE=${device%%|*} TORCH=${device##*|} ARCHS_=$archs SEEDS_=$seeds EPOCHS_=$epochs SIZE_=$size \
-  DATA_BUILD=$data_build PARALLEL_=${PARALLEL:-1} SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
+  DATA_BUILD=$data_build PARALLEL_=${PARALLEL:-$([ "$PROFILE" = full ] && echo 3 || echo 1)} SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
   DIRTY=$(git status --porcelain -- covidnext nbs scripts 2>/dev/null | grep -q . && echo true || echo false) \
   "$PY" - <<'EOF' || echo "study_wall: could not write the record" >&2
 import json, os

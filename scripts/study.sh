@@ -27,7 +27,8 @@
 #                        the source cohen-unlisted, so drop_sources=cohen-unlisted gives covidx-v1-adult, row for row,
 #                        and radiography,cohen-unlisted gives COVIDx-v1
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
-#   PARALLEL             training runs at once (default: 1; on a large GPU, e.g. 3 runs the seeds side by side)
+#   PARALLEL             training runs at once (default: 3 for PROFILE=full, whose runs side by side fill a large GPU
+#                        better than one run does (reports/benchmarks.md); 1 otherwise)
 #   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
 #                        again (the reports are enough, no checkpoint needed), a stopped training run continues from
 #                        its last.pt, a finished screen setting is not trained again; the comparison and the
@@ -64,7 +65,7 @@ fi
 # PARALLEL=N runs up to N training runs (each with its evaluation) at once, as a pool: when one ends the next starts,
 # so on one GPU the start-up, data loading and evaluation of one overlap the others' training. A failed job stops the
 # study once the jobs still running have ended.
-PARALLEL=${PARALLEL:-1}; JOBS=(); FAILED=0
+PARALLEL=${PARALLEL:-$([ "$PROFILE" = full ] && echo 3 || echo 1)}; JOBS=(); FAILED=0
 reap() {  # wait until one of the jobs ends (polled: `wait -n` misses a job that ended before it on older bash)
   local i st
   while :; do

@@ -141,7 +141,8 @@ def test_augment_throughput_compares_the_jpeg_steps(cache, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     res = json.loads(out.read_text())
     assert res['complete'] and res['size'] == 32 and res['images'] == 24 and res['arch'] == 'resnet18'
-    assert set(res['results']) == {'seed', 'tensor', 'libjpeg'}
+    assert set(res['results']) == {'seed', 'tensor', 'libjpeg'} and 'jpeg' not in res['results']['seed']
+    for v in ('tensor', 'libjpeg'): assert res['results'][v]['jpeg']['img_s'] > 0
     for v in res['results'].values():
         for kind in ('augment', 'train'): assert v[kind]['img_s'] > 0 and v[kind]['host_ms_per_call'] > 0
     assert math.isclose(res['train_tensor_vs_libjpeg'],
