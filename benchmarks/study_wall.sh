@@ -27,6 +27,9 @@ else
   archs=${ARCHS:-resnet18}; seeds=${SEEDS:-0 1}; epochs=${EPOCHS:-1}; size=32
   OUTFILE=${STUDY_WALL_OUT:-reports/quick/study_wall.json}
 fi
+# the number of runs side by side, as study.sh would choose it, passed on so that the record names what ran
+if [ -z "${PARALLEL:-}" ]; then source scripts/parallel.sh; PARALLEL=$(default_parallel "$PROFILE" "$PY"); fi
+export PARALLEL
 data_build=true
 if [ -n "${CACHE:-}${ADULT_CACHE:-}${PLUS_CACHE:-}" ] || [ "${DATASET:-1}" = 0 ]; then data_build=false; fi
 device=$("$PY" -c "
@@ -38,7 +41,7 @@ else:
 
 record() {  # status, seconds
   STATUS=$1 WALL=$2 DEVICE=${device%%|*} TORCH=${device##*|} ARCHS_=$archs SEEDS_=$seeds EPOCHS_=$epochs SIZE_=$size \
-  DATA_BUILD=$data_build PARALLEL_=${PARALLEL:-$([ "$PROFILE" = full ] && echo 3 || echo 1)} SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
+  DATA_BUILD=$data_build PARALLEL_=$PARALLEL SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
   DIRTY=$(git status --porcelain -- covidnext nbs scripts 2>/dev/null | grep -q . && echo true || echo false) \
   "$PY" - <<'EOF' || echo "study_wall: could not write the record" >&2
 import json, os

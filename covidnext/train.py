@@ -567,7 +567,9 @@ def fit(cfg:TrainConfig) -> dict:
         writer.close()                                   # every checkpoint on disk before fit returns
         timing = dict(loop_s=time.perf_counter() - t_loop, train_s=train_s, val_s=val_s, ckpt_wait_s=writer.wait_s)
         summary = dict(out=str(out), best=best, epochs_run=len(history), global_step=global_step, world=world,
-                       device=str(dev), timing={k: round(v, 3) for k, v in timing.items()}, history=history)
+                       device=str(dev), timing={k: round(v, 3) for k, v in timing.items()},
+                       gpu_memory_peak_gib=round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == 'cuda' else None,
+                       history=history)
         if rank == 0: (out/'summary.json').write_text(json.dumps(summary, indent=1))
         return summary
     finally:

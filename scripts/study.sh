@@ -27,8 +27,8 @@
 #                        the source cohen-unlisted, so drop_sources=cohen-unlisted gives covidx-v1-adult, row for row,
 #                        and radiography,cohen-unlisted gives COVIDx-v1
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
-#   PARALLEL             training runs at once (default: 3 for PROFILE=full, whose runs side by side fill a large GPU
-#                        better than one run does (reports/benchmarks.md); 1 otherwise)
+#   PARALLEL             training runs at once (default: 3 for PROFILE=full on a GPU with 70 GiB or more, where runs
+#                        side by side fill the GPU better than one run does (reports/benchmarks.md); 1 otherwise)
 #   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
 #                        again (the reports are enough, no checkpoint needed), a stopped training run continues from
 #                        its last.pt, a finished screen setting is not trained again; the comparison and the
@@ -65,7 +65,13 @@ fi
 # PARALLEL=N runs up to N training runs (each with its evaluation) at once, as a pool: when one ends the next starts,
 # so on one GPU the start-up, data loading and evaluation of one overlap the others' training. A failed job stops the
 # study once the jobs still running have ended.
-PARALLEL=${PARALLEL:-$([ "$PROFILE" = full ] && echo 3 || echo 1)}; JOBS=(); FAILED=0
+if [ -z "${PARALLEL:-}" ]; then
+  source "$(dirname "$0")/parallel.sh"
+  if [ -x "$BIN/python" ]; then PY=$BIN/python; else PY=python3; fi
+  PARALLEL=$(default_parallel "$PROFILE" "$PY")
+  [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (a GPU with 70 GiB or more; PARALLEL=N sets it)"
+fi
+JOBS=(); FAILED=0
 reap() {  # wait until one of the jobs ends (polled: `wait -n` misses a job that ended before it on older bash)
   local i st
   while :; do

@@ -98,16 +98,17 @@ def test_study_wall_records_each_run(tmp_path):
     "benchmarks/study_wall.sh around a stand-in study.sh: one record per run, failures and interruptions included."
     (tmp_path / 'benchmarks').mkdir(); (tmp_path / 'scripts').mkdir()
     (tmp_path / 'benchmarks' / 'study_wall.sh').write_text((ROOT / 'benchmarks' / 'study_wall.sh').read_text())
-    (tmp_path / 'scripts' / 'study.sh').write_text('sleep "${NAP:-0}"; echo "study $PROFILE $*"; exit "${RC:-0}"\n')
+    (tmp_path / 'scripts' / 'study.sh').write_text('sleep "${NAP:-0}"; echo "study $PROFILE $* parallel=$PARALLEL"; exit "${RC:-0}"\n')
+    (tmp_path / 'scripts' / 'parallel.sh').write_text((ROOT / 'scripts' / 'parallel.sh').read_text())
     env = {**ENV, 'PROFILE': 'full', 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'EPOCHS': '30', 'CACHE': 'somewhere/v1-224',
            'PYTHON': sys.executable, 'STUDY_WALL_OUT': str(tmp_path / 'wall.json')}
     sh = ['bash', str(tmp_path / 'benchmarks' / 'study_wall.sh')]
-    r = subprocess.run(sh + ['--x'], env=env, capture_output=True, text=True, timeout=120)
+    r0 = r = subprocess.run(sh + ['--x'], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and 'study full --x' in r.stdout, r.stdout + r.stderr
     r = subprocess.run(sh, env={**env, 'RC': '3'}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3
-    p = subprocess.Popen(sh, env={**env, 'NAP': '30'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import time; time.sleep(4); p.terminate(); p.communicate(timeout=60)
+    p = subprocess.Popen(sh, env={**env, 'NAP': '60'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time; time.sleep(12); p.terminate(); p.communicate(timeout=60)  # after its start-up (two python calls importing torch)
     env2 = {k: v for k, v in env.items() if k != 'CACHE'}
     r = subprocess.run(sh, env={**env2, 'ADULT_CACHE': 'there/adult-224', 'DATASET': '1'}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -117,7 +118,8 @@ def test_study_wall_records_each_run(tmp_path):
     assert [x['status'] for x in recs] == ['ok', 'failed (exit 3)', 'interrupted']
     a = recs[0]
     assert (a['profile'], a['archs'], a['seeds'], a['epochs'], a['cache'], a['data_build']) == ('full', ['resnet18'], [0, 1], 30, 'v1-224', False)
-    assert a['device'] and a['torch'] and a['wall_s'] >= 0 and recs[2]['wall_s'] < 30
+    assert a['device'] and a['torch'] and a['wall_s'] >= 0 and recs[2]['wall_s'] < 60
+    assert a['parallel'] == 1 and 'parallel=1' in r0.stdout      # no GPU: one run at a time, passed on and recorded
 
 
 def test_augment_throughput_compares_the_jpeg_steps(cache, tmp_path):

@@ -133,3 +133,15 @@ def test_resume_picks_up_a_stopped_study(quick, tmp_path):
     cmp = json.loads((rq / '13_compare_covidnet.json').read_text())
     assert cmp['variants'][0]['seeds'] == [0, 1, 2]
     _check_table(rq)
+
+
+@pytest.mark.parametrize('profile,gib,want', [('full', '80', '3'), ('full', '139', '3'), ('full', '24', '1'),
+                                              ('full', 'boom', '1'), ('quick', '80', '1'), ('cpu', '80', '1')])
+def test_default_parallel_follows_profile_and_gpu_memory(tmp_path, profile, gib, want):
+    "scripts/parallel.sh: 3 runs side by side only for the full profile on a GPU with 70 GiB or more; 1 where that is unknown."
+    py = tmp_path / 'python'
+    py.write_text('#!/usr/bin/env bash\n' + ('exit 1\n' if gib == 'boom' else f'echo {gib}\n'))
+    py.chmod(0o755)
+    r = subprocess.run(['bash', '-c', f'source scripts/parallel.sh; default_parallel {profile} {py}'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == want, (r.stdout, r.stderr)
