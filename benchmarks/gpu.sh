@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one command, stage by stage, each writing its JSON as soon as it has measured (a stage cut
-# short by a time limit keeps what it wrote). Figures go to reports/benchmarks/<stage>_<card>.json, never over the
-# files that benchmarks.md cites, so a run on another card adds to them.
+# short by a time limit keeps what it wrote). Figures go to reports/benchmarks/<stage>_<card>_<commit>.json (the UTC
+# time where there is no git), so a run never writes over the files that benchmarks.md cites.
 #
 #   CACHE=.cache/covidx-v1-224-squash-... bash benchmarks/gpu.sh             # every stage
 #   STAGES="profile augment" CACHE=... bash benchmarks/gpu.sh               # some of them
@@ -29,6 +29,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 card=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")
 [ "$card" != cpu ] || echo "gpu.sh: no CUDA device; the stages run their CPU versions" >&2
 dest=reports/benchmarks; mkdir -p "$dest"
+card=${card}_$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y%m%dT%H%M)
 drop=(); [ -z "${DROP_SOURCES:-}" ] || drop=(--drop-sources "$DROP_SOURCES")
 src=(); [ -z "${SEED_SOURCES:-}" ] || src=(--sources "$SEED_SOURCES")
 case "${DROP_SOURCES:-}" in

@@ -161,11 +161,12 @@ def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     calls = log.read_text().splitlines()
+    rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert calls == [f'benchmarks/train_throughput.py --cache {cache} --sources seed-src --drop-sources radiography --compile off '
-                     '--out reports/benchmarks/train_throughput_h100.json',
+                     f'--out reports/benchmarks/train_throughput_h100_{rev}.json',
                      f'benchmarks/train_throughput.py --cache {cache} --drop-sources radiography --compile off --profile '
-                     '--out reports/benchmarks/profile_h100.json',
-                     f'benchmarks/augment_throughput.py --cache {cache} --out reports/benchmarks/augment_h100.json']
+                     f'--out reports/benchmarks/profile_h100_{rev}.json',
+                     f'benchmarks/augment_throughput.py --cache {cache} --out reports/benchmarks/augment_h100_{rev}.json']
     for bad, msg in (({'STAGES': 'nope'}, "unknown stage 'nope'"), ({'CACHE': str(tmp_path / 'none')}, 'is not a folder'),
                      ({'DROP_SOURCES': 'kermany'}, 'DROP_SOURCES=kermany')):
         r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
