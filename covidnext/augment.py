@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_augment.ipynb #06dd7608
 from __future__ import annotations
-import math
+import functools, math
 from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn.functional as F
@@ -221,15 +221,16 @@ def jpeg_tables(quality:torch.Tensor # [B] int: JPEG qualities, 1..100
     "Each quality's luminance quantization table [B,8,8] (float64), scaled as libjpeg's `jpeg_set_quality` does for baseline JPEG."
     q = quality.double().clamp(1, 100)
     scale = torch.where(q < 50, (5000 / q).floor(), 200 - 2 * q)  # integer arithmetic, as libjpeg
-    base = torch.tensor(JPEG_LUMA_Q50, dtype=torch.float64, device=q.device).view(1, 8, 8)
-    return ((base * scale.view(-1, 1, 1) + 50) / 100).floor().clamp(1, 255)
+    return ((_jpeg_constants(q.device)[0] * scale.view(-1, 1, 1) + 50) / 100).floor().clamp(1, 255)
 
-def _dct_basis(device) -> torch.Tensor:
-    "The 64 orthonormal 8x8 DCT-II basis images as convolution weights [64,1,8,8] (float64)."
-    k = torch.arange(8, dtype=torch.float64, device=device)
+@functools.lru_cache(maxsize=None)
+def _jpeg_constants(device:torch.device) -> tuple:
+    "The quality-50 table [1,8,8] and the 64 orthonormal 8x8 DCT-II basis images as convolution weights [64,1,8,8], float64, made once per device (not a host-to-device copy every step)."
+    k = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * k[None] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
-    return torch.einsum('ux,vy->uvxy', d, d).reshape(64, 1, 8, 8)
+    base = torch.tensor(JPEG_LUMA_Q50, dtype=torch.float64).view(1, 8, 8)
+    return base.to(device), torch.einsum('ux,vy->uvxy', d, d).reshape(64, 1, 8, 8).to(device)
 
 def jpeg_batch(x:torch.Tensor, # uint8 [B,1,H,W] or float [B,1,H,W] in [0,1]
                which:torch.Tensor, # [B] bool: the images to re-compress
@@ -241,7 +242,7 @@ def jpeg_batch(x:torch.Tensor, # uint8 [B,1,H,W] or float [B,1,H,W] in [0,1]
     dev, u8 = x.device, x.dtype == torch.uint8
     v = x.double() if u8 else (x.double() * 255).round().clamp(0, 255)  # float64: no autocast, no TF32
     if H % 8 or W % 8: v = F.pad(v, (0, -W % 8, 0, -H % 8), mode='replicate')  # partial blocks, as libjpeg pads them
-    basis, q = _dct_basis(dev), jpeg_tables(to_device(quality, dev)).view(B, 64, 1, 1)
+    basis, q = _jpeg_constants(dev)[1], jpeg_tables(to_device(quality, dev)).view(B, 64, 1, 1)
     coef = (F.conv2d(v - 128, basis, stride=8) / q).round() * q  # level shift, 8x8 DCT, quantize, dequantize
     y = (F.conv_transpose2d(coef, basis, stride=8) + 128)[..., :H, :W].round().clamp(0, 255)
     y = y.to(torch.uint8) if u8 else (y / 255).to(x.dtype)
