@@ -27,17 +27,19 @@ else
   archs=${ARCHS:-resnet18}; seeds=${SEEDS:-0 1}; epochs=${EPOCHS:-1}; size=32
   OUTFILE=${STUDY_WALL_OUT:-reports/quick/study_wall.json}
 fi
-# the number of runs side by side, as study.sh would choose it, passed on so that the record names what ran
-if [ -z "${PARALLEL:-}" ]; then source scripts/parallel.sh; PARALLEL=$(default_parallel "$PROFILE" "$PY"); fi
-export PARALLEL
 data_build=true
 if [ -n "${CACHE:-}${ADULT_CACHE:-}${PLUS_CACHE:-}" ] || [ "${DATASET:-1}" = 0 ]; then data_build=false; fi
 device=$("$PY" -c "
 import torch
-if torch.cuda.is_available(): print(torch.cuda.get_device_name(), torch.__version__, sep='|')
+if torch.cuda.is_available():
+    print(torch.cuda.get_device_name(), torch.__version__, torch.cuda.get_device_properties(0).total_memory // 2**30, sep='|')
 else:
     m = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.lower().startswith('model name')), 'cpu')
-    print(f'cpu: {m}', torch.__version__, sep='|')" 2>/dev/null || echo "unknown|unknown")
+    print(f'cpu: {m}', torch.__version__, 0, sep='|')" 2>/dev/null || echo "unknown|unknown|0")
+gib=${device##*|}; device=${device%|*}
+# the number of runs side by side, as study.sh would choose it, passed on so that the record names what ran
+if [ -z "${PARALLEL:-}" ]; then source scripts/parallel.sh; PARALLEL=$(default_parallel "$PROFILE" "$gib"); fi
+export PARALLEL
 
 record() {  # status, seconds
   STATUS=$1 WALL=$2 DEVICE=${device%%|*} TORCH=${device##*|} ARCHS_=$archs SEEDS_=$seeds EPOCHS_=$epochs SIZE_=$size \

@@ -68,7 +68,8 @@ fi
 if [ -z "${PARALLEL:-}" ]; then
   source "$(dirname "$0")/parallel.sh"
   if [ -x "$BIN/python" ]; then PY=$BIN/python; else PY=python3; fi
-  PARALLEL=$(default_parallel "$PROFILE" "$PY")
+  gib=0; [ "$PROFILE" != full ] || gib=$(gpu_gib "$PY")
+  PARALLEL=$(default_parallel "$PROFILE" "$gib")
   [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (a GPU with 70 GiB or more; PARALLEL=N sets it)"
 fi
 JOBS=(); FAILED=0

@@ -108,7 +108,7 @@ def test_study_wall_records_each_run(tmp_path):
     r = subprocess.run(sh, env={**env, 'RC': '3'}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3
     p = subprocess.Popen(sh, env={**env, 'NAP': '60'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import time; time.sleep(12); p.terminate(); p.communicate(timeout=60)  # after its start-up (two python calls importing torch)
+    import time; time.sleep(8); p.terminate(); p.communicate(timeout=60)  # after its start-up (a python call importing torch)
     env2 = {k: v for k, v in env.items() if k != 'CACHE'}
     r = subprocess.run(sh, env={**env2, 'ADULT_CACHE': 'there/adult-224', 'DATASET': '1'}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

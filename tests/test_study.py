@@ -142,6 +142,6 @@ def test_default_parallel_follows_profile_and_gpu_memory(tmp_path, profile, gib,
     py = tmp_path / 'python'
     py.write_text('#!/usr/bin/env bash\n' + ('exit 1\n' if gib == 'boom' else f'echo {gib}\n'))
     py.chmod(0o755)
-    r = subprocess.run(['bash', '-c', f'source scripts/parallel.sh; default_parallel {profile} {py}'], cwd=ROOT,
+    r = subprocess.run(['bash', '-c', f'source scripts/parallel.sh; default_parallel {profile} $(gpu_gib {py})'], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == want, (r.stdout, r.stderr)
