@@ -1,7 +1,7 @@
 """Training throughput of covidnext against the seed's pipeline and against the ceiling, in one run on one device.
 
 Same model (default covidnext50, 4 classes), same image side (the cache's, 224 px for the GPU figures), same batch
-size and optimizer (Adam, lr 1e-3, weight decay 5e-4) in all three:
+size and optimizer (Adam, lr 1e-3, weight decay 5e-4, made by `covidnext.train.make_optimizer`: fused on CUDA) in all three:
 
 (a) seed-style: the seed's pipeline. PIL decode of the source files (`--sources`), the per-image torchvision v2
     training transforms in DataLoader workers (default: as many as the machine has cores), fp32, contiguous memory.
@@ -97,11 +97,11 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
             steps: int, repeats: int, warmup: int) -> list[float]:
     "(c) Images/s of bare training steps on random uint8 images already on the device, per timed block."
     from covidnext.model import create_model
-    from covidnext.train import autocast
+    from covidnext.train import TrainConfig, autocast, make_optimizer
     torch.manual_seed(0)
     mf = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, input_size=size).to(dev, memory_format=mf).train()
-    opt = torch.optim.Adam(model.parameters(), **OPT)
+    opt = make_optimizer(TrainConfig(optimizer='adam', **OPT), model)   # as fit makes it (fused on CUDA)
     run = torch.compile(model) if compile else model
     x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=dev).contiguous(memory_format=mf)
     y = torch.randint(0, 4, (batch,), device=dev)
@@ -220,14 +220,14 @@ def seed_style(rows, sources: str, arch: str, size: int, batch: int, dev: torch.
     "(a) Images/s of the seed's pipeline per timed block: per-image decode and v2 transforms in DataLoader workers, fp32."
     from torch.utils.data import DataLoader, RandomSampler
     from covidnext.model import create_model
-    from covidnext.train import SeedStyleDataset
+    from covidnext.train import SeedStyleDataset, TrainConfig, make_optimizer
     ds = SeedStyleDataset(rows, sources, size, True)
     n = (warmup + steps * repeats + 2) * batch
     sampler = RandomSampler(ds, num_samples=n, generator=torch.Generator().manual_seed(0))  # one long shuffled stream
     dl = DataLoader(ds, batch, sampler=sampler, num_workers=workers, pin_memory=dev.type == 'cuda', drop_last=True)
     torch.manual_seed(0)
     model = create_model(arch, input_size=size).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), **OPT)
+    opt = make_optimizer(TrainConfig(optimizer='adam', **OPT), model)
     it = iter(dl)
 
     def step():

@@ -27,8 +27,10 @@
 #                        the source cohen-unlisted, so drop_sources=cohen-unlisted gives covidx-v1-adult, row for row,
 #                        and radiography,cohen-unlisted gives COVIDx-v1
 #   BIN                  folder of papermill and jupyter (default: .venv/bin)
-#   PARALLEL             training runs at once (default: 3 for PROFILE=full on a GPU with 70 GiB or more, where runs
-#                        side by side fill the GPU better than one run does (reports/benchmarks.md); 1 otherwise)
+#   PARALLEL             training runs at once (default for PROFILE=full on a GPU: one per 12 GiB of its memory,
+#                        scripts/parallel.sh, e.g. 11 on 139 GiB and 6 on 80 GiB; 1 otherwise). Runs side by side fill
+#                        the GPU better than one run does (reports/benchmarks.md); they start seed by seed, each seed's
+#                        variants together, so that long and short runs share the GPU to the end
 #   RESUME=1             pick up a stopped study: a variant and seed whose evaluation is in the reports is not run
 #                        again (the reports are enough, no checkpoint needed), a stopped training run continues from
 #                        its last.pt, a finished screen setting is not trained again; the comparison and the
@@ -70,7 +72,7 @@ if [ -z "${PARALLEL:-}" ]; then
   if [ -x "$BIN/python" ]; then PY=$BIN/python; else PY=python3; fi
   gib=0; [ "$PROFILE" != full ] || gib=$(gpu_gib "$PY")
   PARALLEL=$(default_parallel "$PROFILE" "$gib")
-  [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (a GPU with 70 GiB or more; PARALLEL=N sets it)"
+  [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (one per 12 GiB of GPU memory; PARALLEL=N sets it)"
 fi
 JOBS=(); FAILED=0
 reap() {  # wait until one of the jobs ends (polled: `wait -n` misses a job that ended before it on older bash)
@@ -92,15 +94,19 @@ keep_logs() {  # a run folder: its summary.json and log.csv beside the reports, 
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
 train_eval() {  # variant seed
-  if [ "$RESUME" = 1 ] && [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"; return; fi
+  local nbs=("$REPORTS/11_train_${1}_seed${2}.ipynb" "$REPORTS/12_evaluate_${1}_seed${2}.ipynb")
+  if [ "$RESUME" = 1 ] && [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"
+    [ -f "${nbs[0]%.ipynb}.html" ] && [ -f "${nbs[1]%.ipynb}.html" ] || html "${nbs[@]}"; return; fi
   echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
   # shellcheck disable=SC2046
-  "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_${1}_seed${2}.ipynb" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
+  "${PM[@]}" nbs/study/11_train.ipynb "${nbs[0]}" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
     "${DATA[@]}" "${TRAIN[@]}"
   keep_logs "$RUNS/$1-seed$2"
-  "${PM[@]}" nbs/study/12_evaluate.ipynb "$REPORTS/12_evaluate_${1}_seed${2}.ipynb" -p name "${1}_seed${2}" \
-    -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"; }
-for a in $ARCHS; do for s in $SEEDS; do spawn train_eval "$a" "$s"; done; done
+  "${PM[@]}" nbs/study/12_evaluate.ipynb "${nbs[1]}" -p name "${1}_seed${2}" \
+    -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"
+  html "${nbs[@]}"; }
+html() { "$BIN/jupyter" nbconvert --log-level WARN --to html "$@"; }  # each run's reports as soon as they exist, beside the others' training
+for s in $SEEDS; do for a in $ARCHS; do spawn train_eval "$a" "$s"; done; done
 wait_jobs
 [ -z "$ARCHS" ] || "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
 if [ "${SHORTCUT:-1}" = 1 ]; then
@@ -128,12 +134,15 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   data_for() {  # the data parameters of a setting: its split (plus: covidx-v1-adult-covid, whose val and test are adult's)
     case "$1" in adult*) split_data "$1" "$ADULT" "$ADULT_FROM" "$ADULT_DROP" ;; plus*) split_data "$1" "$PLUS" "${PLUS_CACHE:-}" ;; *) if pads "$1"; then echo "-p split_csv $SPLIT -p sources $SOURCES"; else echo "${DATA[*]}"; fi ;; esac; }
   train_setting() {  # setting seed
-    if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"; return; fi
+    local nb="$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb"
+    if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"
+      [ -f "${nb%.ipynb}.html" ] || [ ! -f "$nb" ] || html "$nb"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
-    "${PM[@]}" nbs/study/11_train.ipynb "$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb" -p arch "$SA" -p seed "$2" \
+    "${PM[@]}" nbs/study/11_train.ipynb "$nb" -p arch "$SA" -p seed "$2" \
       -p runs "$RUNS/shortcut/$1" $(data_for "$1") "${TRAIN[@]}" $(mitigation "$1")
-    keep_logs "$RUNS/shortcut/$1/$SA-seed$2"; }
+    keep_logs "$RUNS/shortcut/$1/$SA-seed$2"
+    html "$nb"; }
   # The reference, SHORTCUT_ARCH on COVIDx-v1: the study's own runs where their checkpoints are here (ARCHS trained
   # them); else (a resumed study keeps the reports, not the checkpoints) trained for this step as the setting v1.
   V1RUNS=$RUNS; for s in $SEEDS; do [ -f "$RUNS/$SA-seed$s/best.pt" ] || V1RUNS=$RUNS/shortcut/v1; done
@@ -152,5 +161,6 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
     -p runs_adult "$CHOSEN_RUNS" -p label_adult "chosen on validation: $CHOSEN" -p screen "$REPORTS/14_screen.json" \
     "${ADATA[@]}" -p out "$REPORTS"
 fi
-"$BIN/jupyter" nbconvert --to html "$REPORTS"/1[1234]_*.ipynb
+shopt -s nullglob; last=("$REPORTS"/1[34]_*.ipynb); shopt -u nullglob   # the runs' own reports are converted already
+[ ${#last[@]} = 0 ] || html "${last[@]}"
 echo "study done in $(( $(date +%s) - t0 )) s; reports in $REPORTS/"

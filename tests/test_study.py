@@ -135,10 +135,10 @@ def test_resume_picks_up_a_stopped_study(quick, tmp_path):
     _check_table(rq)
 
 
-@pytest.mark.parametrize('profile,gib,want', [('full', '80', '3'), ('full', '139', '3'), ('full', '24', '1'),
-                                              ('full', 'boom', '1'), ('quick', '80', '1'), ('cpu', '80', '1')])
+@pytest.mark.parametrize('profile,gib,want', [('full', '79', '6'), ('full', '139', '11'), ('full', '24', '2'), ('full', '11', '1'),
+                                              ('full', '0', '1'), ('full', 'boom', '1'), ('quick', '80', '1'), ('cpu', '80', '1')])
 def test_default_parallel_follows_profile_and_gpu_memory(tmp_path, profile, gib, want):
-    "scripts/parallel.sh: 3 runs side by side only for the full profile on a GPU with 70 GiB or more; 1 where that is unknown."
+    "scripts/parallel.sh: in the full profile, one run per 12 GiB of GPU memory (at least 1); 1 where that is unknown."
     py = tmp_path / 'python'
     py.write_text('#!/usr/bin/env bash\n' + ('exit 1\n' if gib == 'boom' else f'echo {gib}\n'))
     py.chmod(0o755)
