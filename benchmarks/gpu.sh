@@ -12,7 +12,7 @@
 #   augment     benchmarks/augment_throughput.py: the source-breaking augmentation's JPEG step, on the device and the
 #               previous libjpeg one, alone and with a training step
 #   study       benchmarks/study_wall.sh, the study from the cache (PROFILE=full, SHORTCUT=0 unless set), stopped
-#               with SIGTERM after STUDY_LIMIT seconds (default 660): the record then says "interrupted" and its seconds
+#               with SIGTERM after STUDY_LIMIT seconds (default 600, the target): the record then says "interrupted" and its seconds
 # Environment:
 #   CACHE          a built cache (covidnext-cache), 224 px (required)
 #   SEED_SOURCES   a folder with (part of) the sources for (a) (see train_throughput.py --pack-sources)
@@ -21,6 +21,8 @@
 #                  then gets the cache as CACHE, ADULT_CACHE or PLUS_CACHE (scripts/study.sh)
 #   BIN            passed on to the study (scripts/study.sh: the folder of papermill, jupyter and covidnext-*)
 #   PYTHON         the python that has torch and covidnext (default: .venv/bin/python, else python3)
+#   REV            the code's revision, for the file names and the study's record (default: git rev-parse --short
+#                  HEAD; set it where the checkout's copy has no git history, or a stale one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CACHE:?CACHE=<a built 224 px cache folder> is required}"
@@ -29,7 +31,8 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 card=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")
 [ "$card" != cpu ] || echo "gpu.sh: no CUDA device; the stages run their CPU versions" >&2
 dest=reports/benchmarks; mkdir -p "$dest"
-card=${card}_$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y%m%dT%H%M)
+REV=${REV:-$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y%m%dT%H%M)}; export REV
+card=${card}_$REV
 drop=(); [ -z "${DROP_SOURCES:-}" ] || drop=(--drop-sources "$DROP_SOURCES")
 src=(); [ -z "${SEED_SOURCES:-}" ] || src=(--sources "$SEED_SOURCES")
 case "${DROP_SOURCES:-}" in
@@ -44,7 +47,7 @@ for stage in ${STAGES:-throughput profile augment study}; do
     profile)    "$PY" benchmarks/train_throughput.py --cache "$CACHE" "${drop[@]}" --compile off --profile \
                   --out "$dest/profile_$card.json" ;;
     augment)    "$PY" benchmarks/augment_throughput.py --cache "$CACHE" --out "$dest/augment_$card.json" ;;
-    study)      timeout -s TERM "${STUDY_LIMIT:-660}" env -u CACHE -u ADULT_CACHE -u PLUS_CACHE PROFILE=full \
+    study)      timeout -s TERM "${STUDY_LIMIT:-600}" env -u CACHE -u ADULT_CACHE -u PLUS_CACHE PROFILE=full \
                   SHORTCUT="${SHORTCUT:-0}" DATASET=0 "$kind=$CACHE" PYTHON="$PY" STUDY_WALL_OUT="$dest/study_wall_$card.json" bash benchmarks/study_wall.sh \
                   || echo "gpu.sh: the study stopped (status $?); its record is in $dest/study_wall_$card.json" ;;
     *) echo "gpu.sh: unknown stage '$stage' (throughput, profile, augment, study)" >&2; exit 2 ;;

@@ -7,6 +7,7 @@
 #   PROFILE=full bash benchmarks/study_wall.sh          # the full study; `make study-wall` does the same set-up as `make study`
 #   STUDY_WALL_OUT   the JSON list (default: reports/study_wall.json; PROFILE=quick: reports/quick/study_wall.json)
 #   PYTHON           the python that has torch (default: $BIN/python, else python3), for the device only
+#   REV              the revision recorded as "commit" (default: git rev-parse --short HEAD)
 #
 # The data build (the split, in 10_dataset, and the image cache, built by the first training run) is in the time only
 # when DATASET is not 0 and no CACHE, ADULT_CACHE or PLUS_CACHE is given ("data_build": true); "cache" names the one
@@ -43,7 +44,7 @@ export PARALLEL
 
 record() {  # status, seconds
   STATUS=$1 WALL=$2 DEVICE=${device%%|*} TORCH=${device##*|} ARCHS_=$archs SEEDS_=$seeds EPOCHS_=$epochs SIZE_=$size \
-  DATA_BUILD=$data_build PARALLEL_=$PARALLEL SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo none) \
+  DATA_BUILD=$data_build PARALLEL_=$PARALLEL SHORTCUT_=${SHORTCUT:-1} MITIGATIONS_=${MITIGATIONS:-default} STARTED=$started OUTFILE=$OUTFILE COMMIT=${REV:-$(git rev-parse --short HEAD 2>/dev/null || echo none)} \
   DIRTY=$(git status --porcelain -- covidnext nbs scripts 2>/dev/null | grep -q . && echo true || echo false) \
   "$PY" - <<'EOF' || echo "study_wall: could not write the record" >&2
 import json, os

@@ -167,6 +167,10 @@ def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
                      f'benchmarks/train_throughput.py --cache {cache} --drop-sources radiography --compile off --profile '
                      f'--out reports/benchmarks/profile_h100_{rev}.json',
                      f'benchmarks/augment_throughput.py --cache {cache} --out reports/benchmarks/augment_h100_{rev}.json']
+    log.unlink()                                   # REV names the files where the copy has no (or a stale) git history
+    r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
+                       env={**env, 'STAGES': 'augment', 'REV': 'abc1234'}, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and log.read_text().split()[-1] == 'reports/benchmarks/augment_h100_abc1234.json', r.stderr
     for bad, msg in (({'STAGES': 'nope'}, "unknown stage 'nope'"), ({'CACHE': str(tmp_path / 'none')}, 'is not a folder'),
                      ({'DROP_SOURCES': 'kermany'}, 'DROP_SOURCES=kermany')):
         r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
