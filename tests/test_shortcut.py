@@ -272,6 +272,7 @@ def test_study_from_one_adult_cache(splits, tmp_path):
     s = json.loads((rq / '14_shortcut.json').read_text())
     assert s['screen']['chosen'] == sc['chosen'] and s['variants']['COVIDx-v1']['n_models'] == 2
     assert (rq / '14_shortcut.html').is_file()
+    assert all((rq / f'11_train_shortcut_{m}_resnet18_seed0.html').is_file() for m in ('adult', 'v1-equalize', 'plus'))
     # resumed where the runs' reports are kept but not their checkpoints (another machine's study): the step trains its
     # COVIDx-v1 reference as the setting v1, under runs/.../shortcut/v1, and leaves the study's own reports alone
     for s_ in (0, 1):

@@ -120,11 +120,13 @@ def test_resume_picks_up_a_stopped_study(quick, tmp_path):
     rq = w / 'reports' / 'quick'
     (rq / '12_evaluate_resnet18_seed1' / 'test_results.json').unlink()     # stopped before its evaluation finished
     kept = (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns
+    (rq / '11_train_resnet18_seed0.html').unlink()                       # stopped between its evaluation and its HTML
     hist1 = json.loads((w / 'runs' / 'quick' / 'resnet18-seed1' / 'summary.json').read_text())['history']
     r = run_study(w, SEEDS='0 1 2', DATASET='0', RESUME='1')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert 'resnet18 seed 0: evaluated already, kept (RESUME=1)' in r.stdout
     assert (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns == kept
+    assert (rq / '11_train_resnet18_seed0.html').is_file()               # ... and its HTML made from the kept report
     nb = json.loads((rq / '11_train_resnet18_seed1.ipynb').read_text())
     assert nb['metadata']['papermill']['parameters']['resume'] is True
     # the finished run was not trained again: same history, read back from its last.pt
