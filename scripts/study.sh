@@ -72,7 +72,7 @@ if [ -z "${PARALLEL:-}" ]; then
   if [ -x "$BIN/python" ]; then PY=$BIN/python; else PY=python3; fi
   gib=0; [ "$PROFILE" != full ] || gib=$(gpu_gib "$PY")
   PARALLEL=$(default_parallel "$PROFILE" "$gib")
-  [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (one per 12 GiB of GPU memory; PARALLEL=N sets it)"
+  [ "$PARALLEL" = 1 ] || echo "study: $PARALLEL training runs side by side (one per ${RUN_GIB:-12} GiB of GPU memory; PARALLEL=N sets it)"
 fi
 JOBS=(); FAILED=0
 reap() {  # wait until one of the jobs ends (polled: `wait -n` misses a job that ended before it on older bash)
@@ -93,10 +93,14 @@ keep_logs() {  # a run folder: its summary.json and log.csv beside the reports, 
   for f in summary.json log.csv; do [ ! -f "$1/$f" ] || cp "$1/$f" "$d/"; done; }
 variant() {  # the 11_train parameters of a variant: an architecture, or <arch>-frozen (the seed's frozen backbone)
   case "$1" in *-frozen) echo "-p arch ${1%-frozen} -p name $1 -p freeze_backbone True" ;; *) echo "-p arch $1" ;; esac; }
+html() { "$BIN/jupyter" nbconvert --log-level WARN --to html "$@"; }  # each run's reports as soon as they exist, beside the others' training
+html_missing() {  # the reports given that exist and lack their HTML (a resumed study's kept runs)
+  local f todo=(); for f in "$@"; do [ ! -f "$f" ] || [ -f "${f%.ipynb}.html" ] || todo+=("$f"); done
+  [ ${#todo[@]} = 0 ] || html "${todo[@]}"; }
 train_eval() {  # variant seed
   local nbs=("$REPORTS/11_train_${1}_seed${2}.ipynb" "$REPORTS/12_evaluate_${1}_seed${2}.ipynb")
   if [ "$RESUME" = 1 ] && [ -f "$REPORTS/12_evaluate_${1}_seed${2}/test_results.json" ]; then echo "== $1 seed $2: evaluated already, kept (RESUME=1)"
-    [ -f "${nbs[0]%.ipynb}.html" ] && [ -f "${nbs[1]%.ipynb}.html" ] || html "${nbs[@]}"; return; fi
+    html_missing "${nbs[@]}"; return; fi
   echo "== $1 seed $2 ($(( $(date +%s) - t0 )) s)"
   # shellcheck disable=SC2046
   "${PM[@]}" nbs/study/11_train.ipynb "${nbs[0]}" $(variant "$1") -p seed "$2" -p runs "$RUNS" \
@@ -105,7 +109,6 @@ train_eval() {  # variant seed
   "${PM[@]}" nbs/study/12_evaluate.ipynb "${nbs[1]}" -p name "${1}_seed${2}" \
     -p checkpoint "$RUNS/$1-seed$2/best.pt" -p out "$REPORTS" "${DATA[@]}"
   html "${nbs[@]}"; }
-html() { "$BIN/jupyter" nbconvert --log-level WARN --to html "$@"; }  # each run's reports as soon as they exist, beside the others' training
 for s in $SEEDS; do for a in $ARCHS; do spawn train_eval "$a" "$s"; done; done
 wait_jobs
 [ -z "$ARCHS" ] || "${PM[@]}" nbs/study/13_compare_covidnet.ipynb "$REPORTS/13_compare_covidnet.ipynb" -p reports "$REPORTS"
@@ -136,7 +139,7 @@ if [ "${SHORTCUT:-1}" = 1 ]; then
   train_setting() {  # setting seed
     local nb="$REPORTS/11_train_shortcut_${1}_${SA}_seed$2.ipynb"
     if [ "$RESUME" = 1 ] && [ -f "$RUNS/shortcut/$1/$SA-seed$2/summary.json" ]; then echo "== $SA $1 seed $2: trained already, kept (RESUME=1)"
-      [ -f "${nb%.ipynb}.html" ] || [ ! -f "$nb" ] || html "$nb"; return; fi
+      html_missing "$nb"; return; fi
     echo "== $SA $1 seed $2 ($(( $(date +%s) - t0 )) s)"
     # shellcheck disable=SC2046
     "${PM[@]}" nbs/study/11_train.ipynb "$nb" -p arch "$SA" -p seed "$2" \
