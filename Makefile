@@ -12,7 +12,7 @@ OUT ?= out
 # quick (tiny images, subset, 1 epoch; writes reports/quick/) on CPU, full on CUDA
 PROFILE ?= $(shell $(BIN)/python -c "import torch; print('full' if torch.cuda.is_available() else 'quick')" 2>/dev/null || echo quick)
 
-.PHONY: env test study study-wall lab check-sync
+.PHONY: env test sources study study-wall lab check-sync
 
 env: $(BIN)/.installed
 
@@ -32,27 +32,31 @@ check-sync: env
 	  echo "nbdev_export/nbdev_clean changed covidnext/ or nbs/: export and clean the notebooks, then commit." >&2; \
 	  git status --short -- covidnext nbs >&2; exit 1; fi
 
-# Tests run with an absolute sources path, since notebooks execute in nbs/.
+# Tests run with an absolute sources path, since notebooks execute in nbs/. pytest runs on two pytest-xdist workers of
+# one thread each; tests/conftest.py groups the tests so that each costly fixture is built once, longest groups first
+# (settings.ini pins pytest<9.2: on 9.2, xdist's loadgroup silently ignores the groups, pytest-xdist issue 1386).
 test: check-sync
 	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
-	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q tests
+	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=10 tests
 
-# The study (scripts/study.sh): PROFILE=full (the default on CUDA) trains every variant with 3 seeds, 30 epochs at
-# 224 px, into reports/; PROFILE=quick (the default on CPU) runs tiny images, a subset and 1 epoch into reports/quick/,
-# never touching the GPU reports. ARCHS, SEEDS, EPOCHS, CACHE and DATASET=0 override (see the script).
-study: env
+# The public sources, fetched when the folder is not there.
+sources: env
 	@if [ ! -d "$(COVIDNEXT_SOURCES)" ]; then \
 	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
 	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
-	PROFILE=$(PROFILE) BIN=$(BIN) OUT=$(OUT) bash scripts/study.sh
 
-# The study as `make study` runs it, timed end to end (benchmarks/study_wall.sh): one record per run in
-# reports/study_wall.json (PROFILE=quick: reports/quick/study_wall.json).
-study-wall: env
-	@if [ ! -d "$(COVIDNEXT_SOURCES)" ]; then \
-	  echo "No sources at $(COVIDNEXT_SOURCES): fetching the public sources there."; \
-	  $(BIN)/covidnext-fetch --dest "$(COVIDNEXT_SOURCES)"; fi
-	PROFILE=$(PROFILE) BIN=$(BIN) OUT=$(OUT) bash benchmarks/study_wall.sh
+# The study (covidnext-study; `covidnext-study --help` is its manual): PROFILE=full (the default on CUDA) trains every
+# variant with 3 seeds, 30 epochs at 224 px, into reports/; PROFILE=quick (the default on CPU) runs tiny images, a
+# subset and 1 epoch into reports/quick/, never touching the GPU reports; PROFILE=cpu is a real study at CPU scale
+# (reports/cpu/). STUDY_ARGS adds flags, e.g. STUDY_ARGS="--seeds 0 --no-shortcut" or "--resume".
+STUDY_ARGS ?=
+study: env sources
+	$(BIN)/covidnext-study --profile $(PROFILE) --out $(OUT) $(STUDY_ARGS)
+
+# The study as `make study` runs it, timed end to end (covidnext-study --time): one record per run in
+# reports/study_wall.json (PROFILE=quick: reports/quick/study_wall.json, cpu: reports/cpu/study_wall.json).
+study-wall: env sources
+	$(BIN)/covidnext-study --profile $(PROFILE) --out $(OUT) --time $(STUDY_ARGS)
 
 lab: env
 	$(BIN)/python -m pip install -q jupyterlab

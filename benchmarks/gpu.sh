@@ -11,15 +11,15 @@
 #   profile     the same with --profile: torch.profiler over 2 epochs of fit (busiest ops, the host's waits per step)
 #   augment     benchmarks/augment_throughput.py: the source-breaking augmentation's JPEG step, on the device and the
 #               previous libjpeg one, alone and with a training step
-#   study       benchmarks/study_wall.sh, the study from the cache (PROFILE=full, SHORTCUT=0 unless set), stopped
-#               with SIGTERM after STUDY_LIMIT seconds (default 600, the target): the record then says "interrupted" and its seconds
+#   study       covidnext-study --time, the full profile from the cache (without the age-shortcut step unless SHORTCUT=1),
+#               stopped with SIGTERM after STUDY_LIMIT seconds (default 600, the target): the record then says "interrupted"
+#               and its seconds
 # Environment:
 #   CACHE          a built cache (covidnext-cache), 224 px (required)
 #   SEED_SOURCES   a folder with (part of) the sources for (a) (see train_throughput.py --pack-sources)
 #   DROP_SOURCES   what to leave out of the cache for COVIDx-v1: none for a covidx-v1 cache (the default),
 #                  radiography for covidx-v1-adult, radiography,cohen-unlisted for covidx-v1-adult-covid; the study
-#                  then gets the cache as CACHE, ADULT_CACHE or PLUS_CACHE (scripts/study.sh)
-#   BIN            passed on to the study (scripts/study.sh: the folder of papermill, jupyter and covidnext-*)
+#                  then gets the cache as --cache, --adult-cache or --plus-cache (covidnext-study --help)
 #   PYTHON         the python that has torch and covidnext (default: .venv/bin/python, else python3)
 #   REV            the code's revision, for the file names and the study's record (default: git rev-parse --short
 #                  HEAD; set it where the checkout's copy has no git history, or a stale one)
@@ -31,14 +31,15 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 card=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")
 [ "$card" != cpu ] || echo "gpu.sh: no CUDA device; the stages run their CPU versions" >&2
 dest=reports/benchmarks; mkdir -p "$dest"
-REV=${REV:-$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y%m%dT%H%M)}; export REV
+REV=${REV:-$(git rev-parse --short HEAD 2>/dev/null || date -u +%Y%m%dT%H%M)}
 card=${card}_$REV
 drop=(); [ -z "${DROP_SOURCES:-}" ] || drop=(--drop-sources "$DROP_SOURCES")
 src=(); [ -z "${SEED_SOURCES:-}" ] || src=(--sources "$SEED_SOURCES")
 case "${DROP_SOURCES:-}" in
-  "") kind=CACHE ;; radiography) kind=ADULT_CACHE ;; radiography,cohen-unlisted) kind=PLUS_CACHE ;;
-  *) echo "gpu.sh: DROP_SOURCES=$DROP_SOURCES: none, radiography or radiography,cohen-unlisted (see scripts/study.sh)" >&2; exit 2 ;;
+  "") kind=--cache ;; radiography) kind=--adult-cache ;; radiography,cohen-unlisted) kind=--plus-cache ;;
+  *) echo "gpu.sh: DROP_SOURCES=$DROP_SOURCES: none, radiography or radiography,cohen-unlisted (see covidnext-study --help)" >&2; exit 2 ;;
 esac
+shortcut=(--no-shortcut); [ "${SHORTCUT:-0}" = 0 ] || shortcut=()
 for stage in ${STAGES:-throughput profile augment study}; do
   echo "== $stage ($(date -u +%H:%M:%S) UTC)"
   case $stage in
@@ -47,8 +48,8 @@ for stage in ${STAGES:-throughput profile augment study}; do
     profile)    "$PY" benchmarks/train_throughput.py --cache "$CACHE" "${drop[@]}" --compile off --profile \
                   --out "$dest/profile_$card.json" ;;
     augment)    "$PY" benchmarks/augment_throughput.py --cache "$CACHE" --out "$dest/augment_$card.json" ;;
-    study)      timeout -s TERM "${STUDY_LIMIT:-600}" env -u CACHE -u ADULT_CACHE -u PLUS_CACHE PROFILE=full \
-                  SHORTCUT="${SHORTCUT:-0}" DATASET=0 "$kind=$CACHE" PYTHON="$PY" STUDY_WALL_OUT="$dest/study_wall_$card.json" bash benchmarks/study_wall.sh \
+    study)      timeout -s TERM "${STUDY_LIMIT:-600}" "$PY" -m covidnext.run --profile full --no-dataset "${shortcut[@]}" "$kind" "$CACHE" \
+                  --time --wall-json "$dest/study_wall_$card.json" --rev "$REV" \
                   || echo "gpu.sh: the study stopped (status $?); its record is in $dest/study_wall_$card.json" ;;
     *) echo "gpu.sh: unknown stage '$stage' (throughput, profile, augment, study)" >&2; exit 2 ;;
   esac

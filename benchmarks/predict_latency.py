@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-CLI = 'import sys; from covidnext.infer import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'  # the console entry point
+CLI = 'import sys; from covidnext.command import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'  # the console entry point
 
 IN_PROCESS = r'''
 import json, sys, time
@@ -28,7 +28,7 @@ t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
 from covidnext.predict import Predictor
-import covidnext.train, covidnext.cache  # what from_checkpoint and preprocess import on first use
+import covidnext.model  # what from_checkpoint imports on first use
 t2 = time.perf_counter()
 p = Predictor.from_checkpoint(sys.argv[1])
 t3 = time.perf_counter()
@@ -54,15 +54,16 @@ print(json.dumps(dict(onnx_import_s=t1 - t0, onnx_session_s=t2 - t1, onnx_run_s=
 
 HEAVY = ('torch', 'torch._dynamo', 'torchvision', 'torchvision.models', 'torchvision.transforms', 'sklearn', 'scipy',
          'pandas', 'matplotlib', 'tensorboard', 'torch.utils.tensorboard', 'PIL.Image', 'numpy', 'pydicom', 'tqdm',
-         'fastcore.script', 'covidnext.predict', 'covidnext.model', 'covidnext.train', 'covidnext.cache',
-         'covidnext.augment', 'covidnext.io')
+         'fastcore.script', 'covidnext.command', 'covidnext.predict', 'covidnext.checkpoint', 'covidnext.infer',
+         'covidnext.model', 'covidnext.io')
 
 
 def make_checkpoint(arch: str, size: int, path: Path) -> Path:
     "A checkpoint of `arch` with random weights, written as `fit` writes one."
     import torch
     from covidnext.model import create_model
-    from covidnext.train import TrainConfig, _state, make_optimizer, make_scheduler, save_checkpoint
+    from covidnext.checkpoint import save_checkpoint
+    from covidnext.train import TrainConfig, _state, make_optimizer, make_scheduler
     torch.manual_seed(0)
     cfg = TrainConfig(arch=arch, size=size, device='cpu', out=str(path.parent))
     model = create_model(arch, input_size=size)
@@ -87,7 +88,7 @@ def an_image(folder: Path) -> Path:
 def importtime(env) -> dict:
     "Cumulative import seconds of the heavy modules on the prediction path (`python -X importtime`)."
     r = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'from covidnext.predict import Predictor; '
-                        'import covidnext.train, covidnext.cache'], capture_output=True, text=True, env=env, check=True)
+                        'import covidnext.model'], capture_output=True, text=True, env=env, check=True)
     cum = {}
     for line in r.stderr.splitlines():
         if not line.startswith('import time:') or '|' not in line: continue

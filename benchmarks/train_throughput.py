@@ -97,7 +97,8 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
             steps: int, repeats: int, warmup: int) -> list[float]:
     "(c) Images/s of bare training steps on random uint8 images already on the device, per timed block."
     from covidnext.model import create_model
-    from covidnext.train import TrainConfig, autocast, make_optimizer
+    from covidnext.checkpoint import autocast
+    from covidnext.train import TrainConfig, make_optimizer
     torch.manual_seed(0)
     mf = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, input_size=size).to(dev, memory_format=mf).train()
@@ -144,7 +145,8 @@ def checkpoint_wait(arch: str, size: int, dev: torch.device, repeats: int, dest:
     finish, as it does when epochs outlast writes)."""
     import shutil
     from covidnext.model import create_model
-    from covidnext.train import CheckpointWriter, EMA, TrainConfig, _state, make_optimizer
+    from covidnext.checkpoint import CheckpointWriter
+    from covidnext.train import EMA, TrainConfig, _state, make_optimizer
     torch.manual_seed(0)
     model = create_model(arch, n_classes=4, input_size=size).to(dev)
     cfg = TrainConfig(optimizer='adamw', arch=arch, size=size)

@@ -4,19 +4,18 @@
 
 # %% ../nbs/05_fetch.ipynb #637ecdd7
 from __future__ import annotations
-import argparse, codecs, copy, functools, hashlib, inspect, http.client, os, re, shutil, subprocess, sys, time, urllib.error, urllib.request, zipfile
+import codecs, http.client, os, re, shutil, subprocess, sys, time, urllib.error, urllib.request, zipfile
 from pathlib import Path, PurePosixPath
-from fastcore.docments import docments
 from fastcore.script import Param
 from tqdm import tqdm
 from . import __version__
-from .core import call_cli, cli_parser
+from .core import atomic_write, call_cli, file_hash
 
 # %% auto #0
 __all__ = ['COHEN_COMMIT', 'COVIDNET_COMMIT', 'SOURCES', 'COVIDX_FILES', 'SUMS_FILE', 'USER_AGENT', 'KERMANY_LAYOUT',
-           'FetchError', 'ChecksumError', 'sha256_file', 'read_sums', 'write_sum', 'download', 'fetch_file',
-           'member_path', 'extract_kermany', 'kermany_ready', 'git', 'fetch_cohen', 'fetch_kermany', 'fetch_covidx',
-           'fetch', 'fetch_cli']
+           'FetchError', 'ChecksumError', 'read_sums', 'write_sum', 'download', 'fetch_file', 'member_path',
+           'extract_kermany', 'kermany_ready', 'git', 'fetch_cohen', 'fetch_kermany', 'fetch_covidx', 'fetch',
+           'fetch_cli']
 
 # %% ../nbs/05_fetch.ipynb #bfcb7305
 COHEN_COMMIT = '584034aa7fbf06496741f11008d72fd791c8e443'  # ieee8023/covid-chestxray-dataset, June 2020
@@ -42,31 +41,30 @@ class FetchError(RuntimeError):
 
 class ChecksumError(FetchError):
     "A download's sha256 differs from the expected one."
-    def __init__(self, path, expected:str, actual:str, moved_to=None):
+    def __init__(self, path, # the file that failed its check
+                 expected:str, # the expected hex digest
+                 actual:str, # the digest of the download
+                 moved_to=None # where the bad download was moved, if it was
+                ):
         self.path, self.expected, self.actual, self.moved_to = path, expected, actual, moved_to
         where = f"; moved it to {moved_to}, rerun to download it again" if moved_to else ""
         super().__init__(f"{path}: sha256 mismatch: expected {expected}, got {actual}{where}")
 
 # %% ../nbs/05_fetch.ipynb #ef1e6bc9
-def sha256_file(path) -> str:
-    "The hex sha256 of the file at `path`."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(1 << 20): h.update(chunk)
-    return h.hexdigest()
-
-def read_sums(path) -> dict:
+def read_sums(path # a `sha256sum`-style file
+             ) -> dict:
     "The `{name: sha256}` entries of a `sha256sum`-style file; empty when it does not exist."
     p = Path(path)
     if not p.exists(): return {}
     return {m[2]: m[1].lower() for l in p.read_text().splitlines() if (m := re.fullmatch(r'([0-9a-fA-F]{64}) [ *](.+)', l))}
 
-def write_sum(path, name:str, digest:str):
+def write_sum(path, # a `sha256sum`-style file, created if missing
+              name:str, # the file's name, relative to the folder of `path`
+              digest:str # its hex sha256
+             ):
     "Record `digest` for `name` in the `sha256sum`-style file `path`, replacing an older entry."
     sums = {**read_sums(path), name: digest.lower()}
-    tmp = Path(f'{path}.tmp')
-    tmp.write_text(''.join(f'{d}  {n}\n' for n, d in sorted(sums.items())))
-    os.replace(tmp, path)
+    atomic_write(path, ''.join(f'{d}  {n}\n' for n, d in sorted(sums.items())))
 
 # %% ../nbs/05_fetch.ipynb #68f787a5
 USER_AGENT = f'covidnext-fetch/{__version__} (+https://github.com/covidnext/covidnext)'
@@ -80,7 +78,13 @@ def _range_of(header) -> tuple:
     if not m: return None, None
     return (int(m[1]) if m[1] else None), (int(m[2]) if m[2] != '*' else None)
 
-def _attempt(url, part:Path, timeout, progress, desc):
+# %% ../nbs/05_fetch.ipynb #0d8962f5
+def _attempt(url, # the address
+             part:Path, # the `.part` file that grows
+             timeout, # seconds without data before the attempt fails
+             progress, # show a tqdm bar: None on a terminal only
+             desc # the bar's label
+            ):
     "One try: fetch what `part` still lacks and append it; return when the body is complete."
     pos = part.stat().st_size if part.exists() else 0
     headers = {'User-Agent': USER_AGENT, **({'Range': f'bytes={pos}-'} if pos else {})}
@@ -136,7 +140,7 @@ def download(url:str, # the address to download
             print(f'{path.name}: try {i} of {tries} failed ({err}); retrying in {wait:g} s', file=sys.stderr)
             time.sleep(wait)
     else: raise FetchError(f'{url}: download failed after {tries} tries ({err}); rerun to resume from {part}')
-    digest = sha256_file(part)
+    digest = file_hash(part)
     if sha256 and digest != sha256.lower():
         bad = path.with_name(path.name + '.bad'); os.replace(part, bad)
         raise ChecksumError(path, sha256.lower(), digest, bad)
@@ -154,7 +158,7 @@ def fetch_file(url:str, # the address to download
     dest = Path(dest); path, sums = dest/name, dest/SUMS_FILE
     expected = (sha256 or read_sums(sums).get(name) or '').lower() or None
     if path.exists():
-        digest = sha256_file(path)
+        digest = file_hash(path)
         if expected in (None, digest):
             print(f'{name}: already here, sha256 {digest}')
             write_sum(sums, name, digest)
@@ -213,7 +217,8 @@ def extract_kermany(archive, # the Kermany zip
     os.replace(out, final)
     return final
 
-def kermany_ready(folder) -> bool:
+def kermany_ready(folder # the folder that should hold `chest_xray/`
+                 ) -> bool:
     "Whether `folder/chest_xray/{train,test}/{NORMAL,PNEUMONIA}/` all exist."
     splits, classes = KERMANY_LAYOUT
     return all((Path(folder)/'chest_xray'/s/c).is_dir() for s in splits for c in classes)

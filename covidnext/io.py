@@ -130,7 +130,10 @@ def _read_dicom(path, # the file
     return ds, arr
 
 # %% ../nbs/01_io.ipynb #86122c4c
-def _voi(ds, v, apply_voi_lut):
+def _voi(ds, # the data set
+         v:np.ndarray, # modality values (after the modality LUT)
+         apply_voi_lut, # pydicom's `apply_voi_lut`
+        ):
     "VOI LUT or window of modality values `v`: `(out, lo, hi)` with the VOI's whole output range, or None without one."
     seq = ds.get('VOILUTSequence')
     if seq and 'LUTDescriptor' in seq[0] and 'LUTData' in seq[0]:  # a LUT, which pydicom prefers to a window
@@ -197,7 +200,10 @@ def pixel_hash(arr # a pixel array, e.g. from `load_xray`
 # %% ../nbs/01_io.ipynb #b87a9ec0
 RESIZE_MODES = ('squash', 'pad')
 
-def fit_image(a:np.ndarray, size:int=224, mode:str='squash') -> np.ndarray:
+def fit_image(a:np.ndarray, # a 2-D uint8 grayscale image, e.g. from `load_xray`
+              size:int=224, # side of the square output
+              mode:str='squash', # one of `RESIZE_MODES`: 'squash' (the seed's) or 'pad' (keep the aspect ratio)
+             ) -> np.ndarray: # (size, size) uint8
     "Resize a uint8 grayscale image to `size`×`size`: `squash` ignores the aspect ratio, `pad` letterboxes it."
     if mode not in RESIZE_MODES: raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     if mode == 'pad':

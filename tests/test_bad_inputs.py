@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from covidnext.core import DataError
 from covidnext.io import load_xray, pixel_hash
 
@@ -340,8 +341,8 @@ def test_train_names_a_damaged_cache_row(sources, tmp_path):
     c = Cache(build_cache(tmp_path / 'out' / 'split.csv', sources, tmp_path / 'cache', size=16, workers=1, progress=False))
     i = int(c.indices('train')[1])
     with open(c.path / 'images.bin', 'r+b') as f: f.seek(int(c.table.offset[i])); f.write(b'\0' * 4)   # damaged after the build
-    r = subprocess.run([Path(sys.executable).parent / 'covidnext-train', '--cache', c.path, '--size', '16', '--arch', 'resnet18',
-                        '--epochs', '1', '--device', 'cpu', '--out', tmp_path / 'run', '--no-progress'],
-                       capture_output=True, text=True, timeout=300)
+    from covidnext.train import train_cli          # its function in this process: tests/test_train.py runs the command
+    r = run_cli(train_cli, '--cache', c.path, '--size', '16', '--arch', 'resnet18', '--epochs', '1', '--device', 'cpu',
+                '--out', tmp_path / 'run', '--no-progress')
     assert r.returncode != 0 and f"covidnext-train: {c.path / 'images.bin'}: row {i} ({c.table.path[i]}) does not decode" in r.stderr, r.stderr
     assert 'Traceback' not in r.stderr

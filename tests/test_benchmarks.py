@@ -94,32 +94,54 @@ def test_cpu_benchmark_appends_runs(tmp_path):
     assert s['n_runs'] == 2 and s['median'] > 0 and 0 <= res['runs'][1]['other_cpu_share']
 
 
-def test_study_wall_records_each_run(tmp_path):
-    "benchmarks/study_wall.sh around a stand-in study.sh: one record per run, failures and interruptions included."
-    (tmp_path / 'benchmarks').mkdir(); (tmp_path / 'scripts').mkdir()
-    (tmp_path / 'benchmarks' / 'study_wall.sh').write_text((ROOT / 'benchmarks' / 'study_wall.sh').read_text())
-    (tmp_path / 'scripts' / 'study.sh').write_text('sleep "${NAP:-0}"; echo "study $PROFILE $* parallel=$PARALLEL"; exit "${RC:-0}"\n')
-    (tmp_path / 'scripts' / 'parallel.sh').write_text((ROOT / 'scripts' / 'parallel.sh').read_text())
-    env = {**ENV, 'PROFILE': 'full', 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'EPOCHS': '30', 'CACHE': 'somewhere/v1-224',
-           'PYTHON': sys.executable, 'STUDY_WALL_OUT': str(tmp_path / 'wall.json')}
-    sh = ['bash', str(tmp_path / 'benchmarks' / 'study_wall.sh')]
-    r0 = r = subprocess.run(sh + ['--x'], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and 'study full --x' in r.stdout, r.stdout + r.stderr
-    r = subprocess.run(sh, env={**env, 'RC': '3'}, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 3
-    p = subprocess.Popen(sh, env={**env, 'NAP': '60'}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import time; time.sleep(8); p.terminate(); p.communicate(timeout=60)  # after its start-up (a python call importing torch)
-    env2 = {k: v for k, v in env.items() if k != 'CACHE'}
-    r = subprocess.run(sh, env={**env2, 'ADULT_CACHE': 'there/adult-224', 'DATASET': '1'}, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    recs = json.loads((tmp_path / 'wall.json').read_text())
+def test_study_wall_records_each_run(tmp_path, monkeypatch, capfd):
+    "covidnext-study --time around a stand-in study: one record per run, failures and interruptions included."
+    import covidnext.run as run
+    out, seen = tmp_path / 'wall.json', {}
+    with monkeypatch.context() as m:                                      # what the command would time
+        m.setattr(run, 'time_study', lambda cmd, rec, path: seen.update(cmd=cmd, rec=rec, path=path) or 0)
+        assert run.study(profile='full', archs=['resnet18'], seeds=[0, 1], epochs=30, cache='somewhere/v1-224', time=True,
+                         wall_json=str(out), sources=str(SRC)) == 0
+    passed = json.loads(seen['cmd'][-1])                                  # the study itself, untimed, as it was asked for
+    assert (passed['profile'], passed['archs'], passed['cache'], passed['time'], passed['parallel']) == ('full', ['resnet18'], 'somewhere/v1-224', False, 1)
+    assert seen['path'] == str(out)
+    rec = seen['rec']
+    study = [sys.executable, '-c', 'import sys, time; time.sleep(float(sys.argv[1])); print("study", sys.argv[2:]); sys.exit(int(sys.argv[2]))']
+    assert run.time_study(study + ['0', '0', '--x'], rec, out) == 0
+    assert "study ['0', '--x']" in capfd.readouterr().out
+    assert run.time_study(study + ['0', '3'], rec, out) == 3
+    pid = tmp_path / 'pid'
+    p = subprocess.Popen([sys.executable, '-c', 'import json, sys; from covidnext.run import time_study; '   # a process to signal
+                          'sys.exit(time_study(json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]))',
+                          json.dumps(['bash', '-c', f'echo $$ > {pid}; sleep 60']), json.dumps(rec), str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    for _ in range(100):
+        if pid.is_file() and pid.read_text().strip(): break
+        time.sleep(0.1)
+    p.terminate(); p.communicate(timeout=60)
+    assert p.returncode == 143
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError): os.kill(int(pid.read_text()), 0)   # the study's whole process group is stopped
+    adult = run.wall_record(run.load_profile('full', archs=['resnet18'], seeds=[0, 1]), run.device_info(), 1,
+                            dict(adult_cache='there/adult-224', dataset=True))
+    run.add_record(out, {**adult, 'status': 'ok', 'wall_s': 0.0, 'started_utc': 'now'})
+    recs = json.loads(out.read_text())
     assert (recs[-1]['cache'], recs[-1]['data_build']) == ('adult-224', False)   # one adult cache: no data build either
     recs = recs[:-1]
     assert [x['status'] for x in recs] == ['ok', 'failed (exit 3)', 'interrupted']
     a = recs[0]
     assert (a['profile'], a['archs'], a['seeds'], a['epochs'], a['cache'], a['data_build']) == ('full', ['resnet18'], [0, 1], 30, 'v1-224', False)
     assert a['device'] and a['torch'] and a['wall_s'] >= 0 and recs[2]['wall_s'] < 60
-    assert a['parallel'] == 1 and 'parallel=1' in r0.stdout      # no GPU: one run at a time, passed on and recorded
+    assert a['parallel'] == 1 and passed['parallel'] == 1      # no GPU: one run at a time, passed on and recorded
+    assert list(a) == ['profile', 'archs', 'seeds', 'epochs', 'size', 'device', 'torch', 'cores', 'data_build', 'cache', 'parallel',
+                       'shortcut', 'mitigations', 'status', 'wall_s', 'started_utc', 'commit', 'uncommitted_changes']
+    w = tmp_path / 'w'; w.mkdir()                      # and the command itself, timing a study with nothing to train
+    r = subprocess.run([Path(sys.executable).parent / 'covidnext-study', '--time', '--no-dataset', '--no-shortcut', '--archs',
+                        '--wall-json', 'wall.json', '--rev', 'abc1234'], cwd=w, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'study done in' in r.stdout and 'study_wall: ok after' in r.stdout, r.stdout + r.stderr
+    rec = json.loads((w / 'wall.json').read_text())[-1]
+    assert (rec['status'], rec['profile'], rec['archs'], rec['commit'], rec['shortcut'], rec['data_build']) == ('ok', 'quick', [], 'abc1234', False, False)
 
 
 def test_augment_throughput_compares_the_jpeg_steps(cache, tmp_path):
@@ -167,6 +189,16 @@ def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
                      f'benchmarks/train_throughput.py --cache {cache} --drop-sources radiography --compile off --profile '
                      f'--out reports/benchmarks/profile_h100_{rev}.json',
                      f'benchmarks/augment_throughput.py --cache {cache} --out reports/benchmarks/augment_h100_{rev}.json']
+    log.unlink()                                   # the study stage: covidnext-study --time from the cache, within the limit
+    r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
+                       env={**env, 'STAGES': 'study'}, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and log.read_text().splitlines() == [
+        f'-m covidnext.run --profile full --no-dataset --no-shortcut --adult-cache {cache} --time '
+        f'--wall-json reports/benchmarks/study_wall_h100_{rev}.json --rev {rev}'], r.stderr
+    log.unlink()
+    r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
+                       env={**env, 'STAGES': 'study', 'SHORTCUT': '1', 'DROP_SOURCES': ''}, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and log.read_text().split()[:7] == ['-m', 'covidnext.run', '--profile', 'full', '--no-dataset', '--cache', str(cache)]
     log.unlink()                                   # REV names the files where the copy has no (or a stale) git history
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'augment', 'REV': 'abc1234'}, timeout=60, cwd=tmp_path)

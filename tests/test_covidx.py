@@ -1,27 +1,30 @@
 """COVIDx-v1 built from the real public sources (`COVIDNEXT_SOURCES`, `../shared/data` in CI): the exact published
 split, the patient-level regeneration, the command line, and the compact cache."""
 from __future__ import annotations
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from covidnext.covidx import COVIDNET_TEST_PATIENTS, build_split, find_leaks
+from conftest import SRC, run_cli
+from covidnext.covidx import COVIDNET_TEST_PATIENTS, build_cli, build_split, find_leaks
 
-SRC = Path(os.environ.get('COVIDNEXT_SOURCES', Path(__file__).parents[1] / '..' / 'shared' / 'data'))
-BIN = Path(sys.executable).parent
 if not (SRC / 'covidx-v1-splits').is_dir():
     pytest.fail(f"the public sources are needed: set COVIDNEXT_SOURCES (no {SRC / 'covidx-v1-splits'})", pytrace=False)
 
 
 @pytest.fixture(scope='module')
-def published(tmp_path_factory):
-    out = tmp_path_factory.mktemp('v1')
-    r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--split-files', SRC / 'covidx-v1-splits', '--out', out],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out, r
+def published(covidx_v1):
+    "The published split as `covidnext-build --split-files` writes it (built once per test run: tests/conftest.py)."
+    return covidx_v1
+
+
+@pytest.fixture(scope='module')
+def regenerated(tmp_path_factory):
+    "A patient-level regeneration with seed 0: (its folder, the build report)."
+    out = tmp_path_factory.mktemp('regenerated')
+    return out, build_split(SRC, out, seed=0, progress=False)
 
 
 def test_published_split(published):
@@ -42,9 +45,9 @@ def test_published_split(published):
     assert '17 rows dropped' in r.stdout
 
 
-def test_regenerated_split_has_no_leaks(tmp_path):
-    rep = build_split(SRC, tmp_path, seed=0, progress=False)
-    df = pd.read_csv(tmp_path / 'split.csv')
+def test_regenerated_split_has_no_leaks(regenerated):
+    out, rep = regenerated
+    df = pd.read_csv(out / 'split.csv')
     assert rep['leaks'] == []
     for col in ('patient_id', 'pixel_hash'):                        # zero patients and zero identical images shared
         assert (df.groupby(col).split.nunique() > 1).sum() == 0, col
@@ -57,19 +60,18 @@ def test_regenerated_split_has_no_leaks(tmp_path):
     assert len(other) > 0                                            # ...and is counted in the report
 
 
-def test_regenerated_split_is_seeded(tmp_path):
-    a = build_split(SRC, tmp_path / 'a', seed=3, progress=False)
-    b = build_split(SRC, tmp_path / 'b', seed=3, progress=False)
-    assert (tmp_path / 'a' / 'split.csv').read_bytes() == (tmp_path / 'b' / 'split.csv').read_bytes()
+def test_regenerated_split_is_seeded(regenerated, tmp_path):
+    (a_dir, a), b = regenerated, build_split(SRC, tmp_path / 'b', seed=0, progress=False)
+    assert (a_dir / 'split.csv').read_bytes() == (tmp_path / 'b' / 'split.csv').read_bytes()
     c = build_split(SRC, tmp_path / 'c', seed=4, progress=False)
     assert a['counts']['test'] == c['counts']['test'] and a['counts']['val'] != c['counts']['val']
 
 
 def test_build_cli_help_and_errors(tmp_path):
-    h = subprocess.run([BIN / 'covidnext-build', '--help'], capture_output=True, text=True).stdout
+    "In this process (the `published` fixture runs the command itself)."
+    h = run_cli(build_cli, '--help', prog='covidnext-build').stdout
     for opt in ('--sources', '--out', '--split-files', '--seed', '--val-frac', '--allow-leaks'): assert opt in h
-    r = subprocess.run([BIN / 'covidnext-build', '--sources', tmp_path / 'nowhere', '--out', tmp_path / 'o'],
-                       capture_output=True, text=True)
+    r = run_cli(build_cli, '--sources', tmp_path / 'nowhere', '--out', tmp_path / 'o', prog='covidnext-build')
     assert r.returncode != 0 and 'does not exist' in r.stderr
 
 

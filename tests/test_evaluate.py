@@ -10,11 +10,11 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from covidnext.core import CLASSES
-from covidnext.train import classification_metrics
-from covidnext.evaluate import (bootstrap_metrics, calibration, confusion_metrics,
-                                covidnet_rates, evaluate_checkpoint, evaluate_probs, jsonable, patient_codes,
-                                patient_draws, percentile_ci, roc_auc, weighted_auc)
+from covidnext.core import CLASSES, jsonable
+from covidnext.metrics import (bootstrap_metrics, calibration, classification_metrics, confusion_metrics, covidnet_rates,
+                               evaluate_probs, patient_codes, patient_draws, percentile_ci, roc_auc, weighted_auc)
+from covidnext.evaluate import evaluate_checkpoint, evaluate_cli
+from conftest import run_cli
 
 SRC = Path(os.environ.get('COVIDNEXT_SOURCES', Path(__file__).parents[1] / '..' / 'shared' / 'data'))
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
@@ -242,7 +242,9 @@ def test_cli_end_to_end_files_match_recomputation(trained):
 
 
 def test_cli_errors_name_the_file(trained):
+    "In this process (the command itself runs in the test above)."
     d = trained
+    def cli(*args): return run_cli(evaluate_cli, *args, prog='covidnext-evaluate')
     r = cli('--checkpoint', d / 'missing.pt', '--split-csv', d / 'split.csv', '--out', d / 'x')
     assert r.returncode != 0 and 'missing.pt: checkpoint not found' in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

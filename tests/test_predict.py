@@ -1,5 +1,7 @@
-"""covidnext.predict through its command lines and API: a real checkpoint (resnet18, one epoch on real Kermany images),
-a folder of good and bad files, --help, a pickled-object checkpoint, Grad-CAM overlays and on a toy, ONNX parity."""
+"""Prediction through its command lines and API (covidnext.command, covidnext.predict, covidnext.infer): a real checkpoint
+(resnet18, one epoch on real Kermany images), a folder of good and bad files, --help, a pickled-object checkpoint,
+Grad-CAM overlays and on a toy, ONNX parity, and an ONNX prediction that never imports torch. Each command runs as a
+process at least once; the other tests of its messages and exit status run its function in this process."""
 from __future__ import annotations
 import csv, json, os, shutil, subprocess, sys
 from collections import OrderedDict
@@ -12,9 +14,11 @@ import torch
 from torch import nn
 
 from covidnext.io import load_xray
-from covidnext.predict import Predictor, gradcam
-from conftest import SRC, kermany_split
-from covidnext.train import TrainConfig, fit, load_checkpoint, save_checkpoint
+from covidnext.predict import Predictor, export_cli, gradcam
+from conftest import SRC, kermany_split, run_cli
+from covidnext.command import predict_cli
+from covidnext.checkpoint import load_checkpoint, save_checkpoint
+from covidnext.train import TrainConfig, fit
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CLASSES = ['normal', 'bacteria', 'viral', 'COVID-19']
@@ -28,7 +32,12 @@ def cli(module: str, func: str, prog: str, *args, ok=(0,)) -> subprocess.Complet
     return r
 
 
-def predict(*args, ok=(0,)): return cli('predict', 'predict_cli', 'covidnext-predict', '--no-progress', *args, ok=ok)
+def predict(*args, ok=(0,), process=False) -> subprocess.CompletedProcess:
+    "covidnext-predict with `args`: its function in this process, or with `process` the command as a process."
+    if process: return cli('command', 'predict_cli', 'covidnext-predict', '--no-progress', *args, ok=ok)
+    r = run_cli(predict_cli, '--no-progress', *args, prog='covidnext-predict')
+    assert r.returncode in ok, (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+    return r
 
 
 @pytest.fixture(scope='module')
@@ -69,7 +78,7 @@ def test_folder_of_good_and_bad_files(data, tmp_path):
     (inp / 'broken.jpg').write_bytes(data['images'][2].read_bytes()[:1500])
     (inp / 'notes.txt').write_text('not an X-ray\n')
     (inp / '.hidden.png').write_bytes(b'junk')
-    r = predict(inp, '--checkpoint', data['ckpt'], '--out', tmp_path / 'preds.csv', '--batch-size', '3', ok=(1,))
+    r = predict(inp, '--checkpoint', data['ckpt'], '--out', tmp_path / 'preds.csv', '--batch-size', '3', ok=(1,), process=True)
     rows = {Path(x['path']).name: x for x in read_csv(tmp_path / 'preds.csv')}
     assert list(read_csv(tmp_path / 'preds.csv')[0]) == ['path', 'pred', *[f'prob_{c}' for c in CLASSES], 'error']
     assert set(rows) == {'good.jpeg', 'scan.dcm', 'broken.jpg', 'notes.txt'}
@@ -106,20 +115,22 @@ def test_help_describes_every_option(data):
     for o in ('PATH', '--checkpoint', '--out', '--explain', '--device', '--batch-size', '--no-progress'): assert o in h, o
     assert 'glob' in h and 'recursively' in h and 'Grad-CAM' in h and 'not for clinical use' in h
     from covidnext.core import cli_parser
-    from covidnext.predict import predict_files
+    from covidnext.command import predict_files
     assert all(a.help for a in cli_parser(predict_files)._actions), "an option without a description"
-    h = cli('predict', 'export_cli', 'covidnext-export', '--help').stdout
-    for o in ('--onnx', '--opset', '--no-check', 'out'): assert o in h, o
+    h = run_cli(export_cli, '--help', prog='covidnext-export').stdout
+    for o in ('checkpoint', '--opset', '--no-check', 'out', 'parity check'): assert o in h, o
+    assert h.split('\n')[0].endswith('checkpoint out') and '--onnx' not in h, h  # covidnext-export CKPT OUT.onnx
 
 
 def test_pickled_object_checkpoint_is_refused(data, tmp_path):
     marker = tmp_path / 'ran'
-    code = f"import pathlib, torch\nclass Evil:\n    def __reduce__(self): return (pathlib.Path.touch, (pathlib.Path({str(marker)!r}),))\n" \
-           f"torch.save({{'model': {{}}, 'model_config': {{}}, 'x': Evil()}}, {str(tmp_path / 'evil.pt')!r})"
-    subprocess.run([sys.executable, '-c', code], check=True, env=ENV)
+    class Evil:                                                 # unpickled, it would touch `marker`
+        def __reduce__(self): return (Path.touch, (marker,))
+    torch.save({'model': {}, 'model_config': {}, 'x': Evil()}, tmp_path / 'evil.pt')
     r = predict(data['images'][0], '--checkpoint', tmp_path / 'evil.pt', ok=(1,))
     assert 'refused: the file needs pickled Python objects' in r.stderr and 'weights_only=True' in r.stderr
-    r = cli('predict', 'export_cli', 'covidnext-export', '--onnx', tmp_path / 'evil.pt', tmp_path / 'x.onnx', ok=(1,))
+    r = run_cli(export_cli, tmp_path / 'evil.pt', tmp_path / 'x.onnx', prog='covidnext-export')
+    assert r.returncode == 1
     assert 'refused' in r.stderr and not (tmp_path / 'x.onnx').exists()
     assert not marker.exists(), "the checkpoint's code ran"
 
@@ -209,18 +220,44 @@ def test_gradcam_on_a_trained_toy_peaks_in_the_evidence():
         assert img[0, r, c] == 220 or cam[img[0] == 220].mean() > 0.5  # on (or around) the bright square
 
 
-def test_onnx_export_parity(data, tmp_path):
-    r = cli('predict', 'export_cli', 'covidnext-export', '--onnx', data['ckpt'], tmp_path / 'model.onnx')
-    assert 'onnxruntime matches PyTorch' in r.stdout
+@pytest.fixture(scope='module')
+def exported(data) -> dict:
+    "The checkpoint exported by `covidnext-export CKPT OUT.onnx`, and what the command printed."
+    r = cli('predict', 'export_cli', 'covidnext-export', data['ckpt'], data['dir'] / 'model.onnx')
+    return dict(onnx=data['dir'] / 'model.onnx', stdout=r.stdout)
+
+
+def test_onnx_export_parity(data, exported):
+    assert 'onnxruntime matches PyTorch' in exported['stdout']
     import onnx
     from covidnext.predict import onnx_probs
-    md = {p.key: p.value for p in onnx.load(tmp_path / 'model.onnx').metadata_props}
+    model = exported['onnx']
+    md = {p.key: p.value for p in onnx.load(model).metadata_props}
     assert json.loads(md['classes']) == CLASSES and md['size'] == '64' and md['resize_mode'] == 'squash'
     assert 'uint8' in md['input'] and json.loads(md['preprocess'])['scale'] == 'unit'
     p = Predictor.from_checkpoint(data['ckpt'])
     x = np.stack([p.preprocess(f) for f in data['images'][:5]])[:, None]
-    got = onnx_probs(tmp_path / 'model.onnx', x)   # batch 5: the export used 2
+    got = onnx_probs(model, x)   # batch 5: the export used 2
     assert got.shape == (5, 4)
     diff = np.abs(got - p.probs(torch.from_numpy(x)).numpy()).max()
     assert diff <= 1e-4, diff
-    assert np.abs(onnx_probs(tmp_path / 'model.onnx', x[:1]) - got[:1]).max() <= 1e-5
+    assert np.abs(onnx_probs(model, x[:1]) - got[:1]).max() <= 1e-5
+
+
+def test_onnx_prediction_never_imports_torch(data, exported):
+    "covidnext.infer alone, and the covidnext-predict command with an .onnx model, predict without importing torch."
+    img, want = data['images'][0], Predictor.from_checkpoint(data['ckpt']).predict(data['images'][:1])[0]
+    code = ("import json, sys; from covidnext.infer import OnnxPredictor; p = OnnxPredictor(sys.argv[1]).predict([sys.argv[2]]); "
+            "print(json.dumps(dict(probs=p[0].tolist(), torch='torch' in sys.modules)))")
+    r = subprocess.run([sys.executable, '-c', code, str(exported['onnx']), str(img)], capture_output=True, text=True, env=ENV, check=True)
+    out = json.loads(r.stdout)
+    assert out['torch'] is False
+    assert np.abs(np.array(out['probs']) - want).max() <= 1e-4
+    code = ("import atexit, sys; from covidnext.command import predict_cli; sys.argv[0] = 'covidnext-predict'; "
+            "atexit.register(lambda: print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)); "
+            "predict_cli(sys.argv[1:])")
+    r = subprocess.run([sys.executable, '-c', code, str(img), '--checkpoint', str(exported['onnx']), '--no-progress'],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and 'no torch' in r.stderr, r.stderr
+    row, = csv.DictReader(r.stdout.splitlines())
+    assert abs(float(row['prob_normal']) - want[0]) <= 1e-4

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covidnext.covidx import build_split, find_leaks
+from conftest import run_cli
+from covidnext.covidx import build_cli, build_split, find_leaks
 from covidnext.sources import read_radiography
 
 ROOT = Path(__file__).parents[1]
@@ -30,11 +31,12 @@ def test_reader_real_adult_normals():
 
 
 @pytest.fixture(scope='module')
-def splits(tmp_path_factory):
-    "The published COVIDx-v1 split and its covidx-v1-adult(-covid) variants, built with the command line."
+def splits(covidx_v1, tmp_path_factory):
+    """The published COVIDx-v1 split (built once per test run: tests/conftest.py) and its covidx-v1-adult(-covid)
+    variants, built with the command line."""
     out = tmp_path_factory.mktemp('splits')
-    for name, extra in (('covidx-v1', []), ('covidx-v1-adult', ['--adult-normals']),
-                        ('covidx-v1-adult-covid', ['--adult-normals', '--more-covid'])):
+    (out / 'covidx-v1').symlink_to(covidx_v1[0], target_is_directory=True)
+    for name, extra in (('covidx-v1-adult', ['--adult-normals']), ('covidx-v1-adult-covid', ['--adult-normals', '--more-covid'])):
         r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--split-files', SRC / 'covidx-v1-splits',
                             '--out', out / name, *extra], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -87,7 +89,7 @@ def test_adult_copy_of_a_kermany_image_is_kept_out(tmp_path):
 
 
 def test_build_cli_has_adult_option():
-    h = subprocess.run([BIN / 'covidnext-build', '--help'], capture_output=True, text=True).stdout
+    h = run_cli(build_cli, '--help', prog='covidnext-build').stdout
     assert '--adult-normals' in h and 'test_adult' in h and '--more-covid' in h
 
 
@@ -143,7 +145,7 @@ def test_more_covid_keeps_copies_of_held_out_films_out(splits, tmp_path):
 
 
 def test_more_covid_needs_the_split_files(tmp_path):
-    r = subprocess.run([BIN / 'covidnext-build', '--sources', SRC, '--out', tmp_path, '--more-covid'], capture_output=True, text=True)
+    r = run_cli(build_cli, '--sources', SRC, '--out', tmp_path, '--more-covid', prog='covidnext-build')
     assert r.returncode != 0 and 'more_covid adds to the published split: give split_files' in r.stderr
 
 
@@ -151,27 +153,28 @@ def test_more_covid_needs_the_split_files(tmp_path):
 # The study notebook, quick configuration: two seeds per training set, 32 px, 64 images per split, one epoch.
 # ------------------------------------------------------------------------------------------------------------------
 
-QUICK = dict(size=32, subset=64, epochs=1, batch_size=16, ema=0.9, arch='resnet18')
-
-
 @pytest.fixture(scope='module')
-def study(splits, tmp_path_factory):
-    "A scratch copy of the study with quick models trained on both splits, and 14_shortcut run by papermill."
+def study(quick_study, tmp_path_factory):
+    """A scratch copy of the study with quick models trained on both splits, and 14_shortcut run by papermill. The
+    models are the quick study's (tests/conftest.py: its COVIDx-v1 runs, and its adult and adult-all
+    settings, trained alike), linked with its splits and image caches; the adult setting's seed 1, which that study
+    trains only when its screen chooses adult, is trained here where it is missing, as its seed 0 was."""
     import torch
     from covidnext.train import TrainConfig, fit
     w = tmp_path_factory.mktemp('shortcut')
     shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study')
-    for name in ('covidx-v1', 'covidx-v1-adult'): shutil.copytree(splits / name, w / 'out' / name)
+    for d in ('out', '.cache'): shutil.copytree(quick_study / d, w / d, copy_function=os.link)
+    q, runs = quick_study / 'runs' / 'quick', w / 'runs' / 'quick'
+    for src, dst in [(q / f'resnet18-seed{s}', runs / f'resnet18-seed{s}') for s in (0, 1)] + [
+            (q / 'shortcut' / 'adult' / f'resnet18-seed{s}', runs / 'covidx-v1-adult' / f'resnet18-seed{s}') for s in (0, 1)] + [
+            (q / 'shortcut' / 'adult-all' / 'resnet18-seed0', runs / 'shortcut' / 'adult-all' / 'resnet18-seed0')]:
+        if src.is_dir(): shutil.copytree(src, dst, copy_function=os.link)
     torch.set_num_threads(2)
     t0 = time.time()
-    for runs, split in (('runs/quick', 'covidx-v1'), ('runs/quick/covidx-v1-adult', 'covidx-v1-adult')):
-        for s in (0, 1):
-            fit(TrainConfig(split_csv=str(w / 'out' / split / 'split.csv'), sources=str(SRC), cache_root=str(w / '.cache'), seed=s,
-                            out=str(w / runs / f"{QUICK['arch']}-seed{s}"), progress=False, log_images=False, **QUICK))
-    # one mitigated setting for the screen: one geometry for all sources, equalization, source-breaking augmentations
-    fit(TrainConfig(split_csv=str(w / 'out' / 'covidx-v1-adult' / 'split.csv'), sources=str(SRC), cache_root=str(w / '.cache'),
-                    seed=0, out=str(w / 'runs/quick/shortcut/adult-all/resnet18-seed0'), progress=False, log_images=False,
-                    resize_mode='pad', harmonize='equalize', source_aug=0.5, **QUICK))
+    if not (runs / 'covidx-v1-adult' / 'resnet18-seed1').is_dir():
+        cfg = json.loads((runs / 'covidx-v1-adult' / 'resnet18-seed0' / 'config.json').read_text())
+        fit(TrainConfig(**{**cfg, 'seed': 1, 'split_csv': str(w / 'out' / 'covidx-v1-adult' / 'split.csv'), 'cache_root': str(w / '.cache'),
+                           'out': str(runs / 'covidx-v1-adult' / 'resnet18-seed1'), 'log_images': False}))
     train_s = time.time() - t0
     env = {**os.environ, 'COVIDNEXT_SOURCES': str(SRC), 'OMP_NUM_THREADS': '2'}
     (w / 'reports' / 'quick').mkdir(parents=True)
@@ -188,7 +191,7 @@ def study(splits, tmp_path_factory):
                         '-p', 'screen', 'reports/quick/14_screen.json', '-p', 'out', 'reports/quick'],
                        cwd=w, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    print(f"quick models trained in {train_s:.0f} s; 14_shortcut ran in {time.time() - t0:.0f} s")
+    print(f"quick model trained in {train_s:.0f} s; 14_shortcut ran in {time.time() - t0:.0f} s")
     return w
 
 
@@ -243,77 +246,40 @@ def test_screen_chooses_on_validation(study):
         assert 0 <= r['test_adult_false_covid'] <= 1 and 0 <= r['test_macro_f1'] <= 1
 
 
-def test_study_from_one_adult_cache(splits, tmp_path):
-    """The study script where the sources are absent (as on a GPU machine), from one covidx-v1-adult cache: the
-    COVIDx-v1 runs and their evaluation leave the adult films out (drop_sources=radiography), the age-shortcut step
-    screens its settings on the same cache; a `plus` setting trains from the covidx-v1-adult-covid cache (PLUS_CACHE)."""
-    from covidnext.cache import build_cache
-    w = tmp_path
-    shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study'); shutil.copytree(ROOT / 'scripts', w / 'scripts')
-    cache = build_cache(splits / 'covidx-v1-adult' / 'split.csv', SRC, w / '.cache', 32, progress=False)
-    plus = build_cache(splits / 'covidx-v1-adult-covid' / 'split.csv', SRC, w / '.cache', 32, progress=False)
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': 'resnet18', 'SEEDS': '0 1', 'DATASET': '0', 'PARALLEL': '2',
-           'ADULT_CACHE': str(cache), 'PLUS_CACHE': str(plus), 'COVIDNEXT_SOURCES': str(w / 'no-sources'),
-           'MITIGATIONS': 'adult v1-equalize plus',
-           'OMP_NUM_THREADS': '1'}
-    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    rq = w / 'reports' / 'quick'
-    ref = json.loads((w / 'runs' / 'quick' / 'resnet18-seed0' / 'config.json').read_text())
-    assert ref['drop_sources'] == 'radiography' and ref['cache'] == str(cache)
+def _rows(cache, split: str, drop: str) -> list:
+    "The paths of the cache's rows that a run of `split` uses, leaving out the sources `drop` names."
+    from covidnext.cache import Cache
+    from covidnext.train import TrainConfig, load_split
+    c = Cache(cache)
+    return c.table.path.values[load_split(c, split, TrainConfig(size=32, drop_sources=drop), 'cpu')[2]].tolist()
+
+
+def test_study_from_one_adult_cache(quick_study):
+    """One covidx-v1-adult cache serves the COVIDx-v1 runs and their evaluation where the sources are absent (as on a
+    GPU machine): without its adult films (drop_sources=radiography) it is COVIDx-v1, row for row (val 530, test 639).
+    The quick study's own squash cache of covidx-v1-adult is such a cache; tests/test_study.py checks that the study's
+    plan passes it on (--adult-cache), and the screen's settings from it."""
+    cache, = (quick_study / '.cache').glob('covidx-v1-adult-32-squash-*')
+    want = pd.read_csv(quick_study / 'out' / 'covidx-v1' / 'split.csv')
     for split, n in (('val', 530), ('test', 639)):                        # COVIDx-v1's own splits, no adult film
-        res = json.loads((rq / '12_evaluate_resnet18_seed0' / f'{split}_results.json').read_text())
-        assert res['n'] == n and res['meta']['drop_sources'] == 'radiography', (split, res['n'])
-    assert (rq / '13_compare_covidnet.json').is_file()
-    sc = json.loads((rq / '14_screen.json').read_text())
-    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'v1-equalize', 'plus'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
-    assert json.loads((w / 'runs' / 'quick' / 'shortcut' / 'plus' / 'resnet18-seed0' / 'config.json').read_text())['cache'] == str(plus)
-    assert json.loads((w / 'runs' / 'quick' / 'shortcut' / 'v1-equalize' / 'resnet18-seed0' / 'config.json').read_text())['harmonize'] == 'equalize'
-    s = json.loads((rq / '14_shortcut.json').read_text())
-    assert s['screen']['chosen'] == sc['chosen'] and s['variants']['COVIDx-v1']['n_models'] == 2
-    assert (rq / '14_shortcut.html').is_file()
-    assert all((rq / f'11_train_shortcut_{m}_resnet18_seed0.html').is_file() for m in ('adult', 'v1-equalize', 'plus'))
-    # resumed where the runs' reports are kept but not their checkpoints (another machine's study): the step trains its
-    # COVIDx-v1 reference as the setting v1, under runs/.../shortcut/v1, and leaves the study's own reports alone
-    for s_ in (0, 1):
-        for f in ('best.pt', 'last.pt'): (w / 'runs' / 'quick' / f'resnet18-seed{s_}' / f).unlink()
-    kept = [(rq / f'11_train_resnet18_seed{s_}.ipynb').stat().st_mtime_ns for s_ in (0, 1)]
-    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env={**env, 'RESUME': '1', 'MITIGATIONS': 'adult'},
-                       capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    assert 'resnet18 seed 1: evaluated already, kept (RESUME=1)' in r.stdout and 'resnet18 adult seed 0: trained already' in r.stdout
-    assert [(rq / f'11_train_resnet18_seed{s_}.ipynb').stat().st_mtime_ns for s_ in (0, 1)] == kept
-    assert all((rq / f'11_train_shortcut_v1_resnet18_seed{s_}.ipynb').is_file() for s_ in (0, 1))
-    s = json.loads((rq / '14_shortcut.json').read_text())
-    assert sorted(x['checkpoint'] for x in s['runs']['COVIDx-v1']) == [f'runs/quick/shortcut/v1/resnet18-seed{s_}/best.pt' for s_ in (0, 1)]
-    assert [x['setting'] for x in json.loads((rq / '14_screen.json').read_text())['runs']][:2] == ['v1', 'adult']
+        rows = _rows(cache, split, 'radiography')
+        assert len(rows) == n and rows == want.path[want.split == split].tolist(), (split, len(rows))
+    assert len(_rows(cache, 'val', '')) == 630                           # ... and with them, the screen's 100 adult normals
 
 
 def test_study_from_the_plus_cache_alone(splits, tmp_path):
     """One covidx-v1-adult-covid cache serves every step: without its added films (source cohen-unlisted) it is
     covidx-v1-adult row for row, and without the adult films as well it is COVIDx-v1; the plus settings train from
-    all of it. So a machine without the sources can screen every squash setting from that one file."""
-    from covidnext.cache import Cache, build_cache
-    from covidnext.train import TrainConfig, load_split
+    all of it. So a machine without the sources can screen every squash setting from that one file (tests/test_study.py
+    checks that the study's plan passes it on, --plus-cache, with these drop_sources)."""
+    from covidnext.cache import build_cache
+    from covidnext.shortcut import trained_on
     plus = build_cache(splits / 'covidx-v1-adult-covid' / 'split.csv', SRC, tmp_path / '.cache', 32, progress=False)
-    c = Cache(plus)
     for drop, name in (('cohen-unlisted', 'covidx-v1-adult'), ('radiography,cohen-unlisted', 'covidx-v1')):
         want = pd.read_csv(splits / name / 'split.csv')
         for split in ('train', 'val', 'test'):
-            rows = load_split(c, split, TrainConfig(size=32, drop_sources=drop), 'cpu')[2]
-            assert c.table.path.values[rows].tolist() == want.path[want.split == split].tolist(), (name, split)
-    w = tmp_path
-    shutil.copytree(ROOT / 'nbs' / 'study', w / 'nbs' / 'study'); shutil.copytree(ROOT / 'scripts', w / 'scripts')
-    env = {**os.environ, 'PROFILE': 'quick', 'BIN': str(BIN), 'ARCHS': 'resnet18', 'SEEDS': '0', 'DATASET': '0', 'PARALLEL': '2',
-           'PLUS_CACHE': str(plus), 'COVIDNEXT_SOURCES': str(w / 'no-sources'), 'MITIGATIONS': 'adult plus', 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run(['bash', 'scripts/study.sh'], cwd=w, env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    cfg = lambda run: json.loads((w / 'runs' / 'quick' / run / 'config.json').read_text())
-    assert (cfg('resnet18-seed0')['drop_sources'], cfg('shortcut/adult/resnet18-seed0')['drop_sources'],
-            cfg('shortcut/plus/resnet18-seed0')['drop_sources']) == ('radiography,cohen-unlisted', 'cohen-unlisted', '')
-    rq = w / 'reports' / 'quick'
-    assert json.loads((rq / '12_evaluate_resnet18_seed0' / 'test_results.json').read_text())['n'] == 639
-    sc = json.loads((rq / '14_screen.json').read_text())
-    assert [x['setting'] for x in sc['runs']] == ['v1', 'adult', 'plus'] and all(x['val_adult_n'] == 100 for x in sc['runs'])
-    s = json.loads((rq / '14_shortcut.json').read_text())
-    assert s['runs']['COVIDx-v1'][0]['trained_on'] == f'covidx-v1-adult-covid (cache {plus.name}) without radiography,cohen-unlisted'
+            assert _rows(plus, split, drop) == want.path[want.split == split].tolist(), (name, split)
+    assert len(_rows(plus, 'test', 'radiography,cohen-unlisted')) == 639
+    assert len(_rows(plus, 'val', '')) == 630                            # the screen's val split: adult's, no added film
+    assert trained_on({'cache': str(plus), 'drop_sources': 'radiography,cohen-unlisted'}) == \
+        f'covidx-v1-adult-covid (cache {plus.name}) without radiography,cohen-unlisted'

@@ -1,30 +1,32 @@
 """The training engine through its command line: exact resume after SIGKILL, torchrun with two CPU processes (gloo),
-TensorBoard events, the NaN guard, and checkpoints that load with weights_only=True. Real Kermany images, tiny sizes."""
+TensorBoard events, the NaN guard, and checkpoints that load with weights_only=True. Real Kermany images, tiny sizes.
+The command runs as a process where that is what a test proves (the kill, torchrun), else in this process."""
 from __future__ import annotations
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import SRC, kermany_split
-from covidnext.train import load_checkpoint
+from conftest import SRC, kermany_split, run_cli
+from covidnext.checkpoint import load_checkpoint
+from covidnext.train import train_cli
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+SIZE = 32  # pixels: the step counts below follow from the image and batch counts alone
 
 
 @pytest.fixture(scope='module')
 def split_csv(tmp_path_factory) -> Path:
-    "96 train + 32 val real Kermany images (normal vs bacterial), and their 64 px cache."
+    "96 train + 32 val real Kermany images (normal vs bacterial); their cache is built by the first run."
     return kermany_split(tmp_path_factory.mktemp('data'), ('normal', 'bacteria'), 64, ['train'] * 48 + ['val'] * 16)
 
 
 def train_args(split_csv, out, *extra) -> list:
     return [BIN / 'covidnext-train', '--split-csv', split_csv, '--sources', SRC, '--cache-root', split_csv.parent / 'cache',
-            '--size', '64', '--arch', 'resnet18', '--epochs', '2', '--batch-size', '8', '--device', 'cpu',
+            '--size', SIZE, '--arch', 'resnet18', '--epochs', '2', '--batch-size', '8', '--device', 'cpu',
             '--deterministic', '--no-progress', '--out', out, *extra]
 
 
@@ -34,17 +36,34 @@ def run(args, **kw):
     return r
 
 
+def run_here(args) -> subprocess.CompletedProcess:
+    "`args` (a covidnext-train command line) run by `train_cli` in this process; torch's determinism switch restored after."
+    was = torch.are_deterministic_algorithms_enabled()
+    try: return run_cli(train_cli, *args[1:], prog='covidnext-train')
+    finally: torch.use_deterministic_algorithms(was)
+
+
+@pytest.fixture(scope='module')
+def one_epoch(split_csv, tmp_path_factory) -> Path:
+    "The run folder of one epoch of `train_args`, in this process."
+    out = tmp_path_factory.mktemp('one-epoch') / 'R'
+    r = run_here(train_args(split_csv, out, '--epochs', '1'))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return out
+
+
 def weights(path) -> dict:
     return load_checkpoint(path)['model']
 
 
 def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     ema = ('--ema', '0.99')                                       # the weight average must resume exactly too
-    run(train_args(split_csv, tmp_path / 'A', '--ckpt-every', '2', *ema))
+    every = ('--ckpt-every', '6')                                  # 12 steps an epoch: one mid-epoch checkpoint each
+    run(train_args(split_csv, tmp_path / 'A', *every, *ema))
     full = load_checkpoint(tmp_path / 'A' / 'last.pt')
     assert full['global_step'] == 24 and full['epoch'] == 1
     # the same run, killed with SIGKILL as soon as its first mid-epoch checkpoint exists
-    p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', *ema)], env=ENV,
+    p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', *every, *ema)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / 'B' / 'last.pt'
     t0 = time.time()
@@ -53,7 +72,7 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     killed = load_checkpoint(last)                               # never half-written: it loads
     assert killed['global_step'] < 24, "the run ended before it could be killed"
     (tmp_path / 'B' / '.last.pt.x1y2.tmp').write_bytes(b'half a checkpoint')   # as a kill during a write leaves
-    run(train_args(split_csv, tmp_path / 'B', '--ckpt-every', '2', '--resume', *ema))
+    run(train_args(split_csv, tmp_path / 'B', *every, '--resume', *ema))
     assert not list((tmp_path / 'B').glob('*.tmp'))                 # the resumed run cleared it
     resumed = load_checkpoint(last)
     assert resumed['global_step'] == 24
@@ -65,33 +84,30 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     assert [round(h['val_macro_f1'], 6) for h in full['history']] == [round(h['val_macro_f1'], 6) for h in resumed['history']]
 
 
-def test_checkpoint_is_complete_and_safe(split_csv, tmp_path):
-    run(train_args(split_csv, tmp_path / 'R', '--epochs', '1'))
-    ck = torch.load(tmp_path / 'R' / 'best.pt', weights_only=True)
+def test_checkpoint_is_complete_and_safe(one_epoch):
+    ck = torch.load(one_epoch / 'best.pt', weights_only=True)
     for k in ('model', 'optimizer', 'scheduler', 'epoch', 'step_in_epoch', 'global_step', 'aug_generator', 'torch_rng',
               'config', 'model_config', 'classes', 'preprocess', 'metrics', 'history', 'best'):
         assert k in ck, k
     assert ck['classes'] == ['normal', 'bacteria', 'viral', 'COVID-19'] and ck['config']['arch'] == 'resnet18'
-    assert ck['preprocess']['scale'] == 'unit' and ck['preprocess']['input_size'] == 64
-    assert json.loads((tmp_path / 'R' / 'config.json').read_text())['size'] == 64
-    assert not list((tmp_path / 'R').glob('*.tmp'))
+    assert ck['preprocess']['scale'] == 'unit' and ck['preprocess']['input_size'] == SIZE
+    assert json.loads((one_epoch / 'config.json').read_text())['size'] == SIZE
+    assert not list(one_epoch.glob('*.tmp'))
 
 
-def test_tensorboard_events_parse(split_csv, tmp_path):
+def test_tensorboard_events_parse(one_epoch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run(train_args(split_csv, tmp_path / 'T', '--epochs', '1'))
-    ea = EventAccumulator(str(tmp_path / 'T' / 'tb')); ea.Reload()
+    ea = EventAccumulator(str(one_epoch / 'tb')); ea.Reload()
     tags = ea.Tags()
     for t in ('train/loss', 'val/macro_f1', 'val/loss', 'lr', 'val/sens_COVID-19'): assert t in tags['scalars'], (t, tags)
     assert 'train/augmented_inputs' in tags['images'] and 'val/confusion' in tags['images']
-    rows = pd.read_csv(tmp_path / 'T' / 'log.csv')
+    rows = pd.read_csv(one_epoch / 'log.csv')
     assert len(rows) == 1 and {'train_loss', 'val_macro_f1', 'val_accuracy'} <= set(rows.columns)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(split_csv, tmp_path):
     out = tmp_path / 'N'
-    r = subprocess.run([str(a) for a in train_args(split_csv, out, '--optimizer', 'sgd', '--lr', '1e30', '--ckpt-every', '1')],
-                       capture_output=True, text=True, env=ENV)
+    r = run_here(train_args(split_csv, out, '--optimizer', 'sgd', '--lr', '1e30', '--ckpt-every', '1'))
     assert r.returncode != 0
     assert 'loss is' in r.stderr and 'at epoch 0, step' in r.stderr and 'last good checkpoint is intact' in r.stderr
     if (out / 'last.pt').exists():
@@ -112,7 +128,7 @@ def test_torchrun_two_cpu_processes(split_csv, tmp_path):
 
 
 def test_train_help_explains_every_option():
-    h = run([BIN / 'covidnext-train', '--help']).stdout
+    h = run_cli(train_cli, '--help').stdout
     from dataclasses import fields
     from covidnext.train import TrainConfig
     for f in fields(TrainConfig):
