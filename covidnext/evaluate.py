@@ -59,7 +59,7 @@ def plot_roc(y_true, # class indices [N]
     ax.plot([0, 1], [0, 1], ls='--', c='grey', lw=1)
     ax.set(xlabel='false positive rate', ylabel='true positive rate (sensitivity)', xlim=(0, 1), ylim=(0, 1.01),
            title=title or f'ROC, one vs rest (macro AUC {macro:.3f})')
-    ax.legend(loc='lower right')
+    if ax.get_legend_handles_labels()[0]: ax.legend(loc='lower right')   # a split of one class has no curve
     return fig
 
 # %% ../nbs/11_evaluate.ipynb #51ad814e

@@ -6,19 +6,23 @@
 from __future__ import annotations
 import re, zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .core import CLASSES, LABELS, DataError
 
 # %% auto #0
 __all__ = ['COLUMNS', 'FLAT_FINDINGS', 'IMAGE_EXTS', 'RSNA_CLASSES', 'RADIOGRAPHY_CLASSES', 'URL_ORIGINS', 'SOURCES',
            'map_finding', 'read_cohen', 'kermany_patient', 'read_kermany', 'read_figure1', 'read_actualmed',
-           'read_rsna', 'read_xlsx', 'url_origin', 'radiography_metadata', 'read_radiography', 'Source', 'find_sources',
-           'read_sources']
+           'read_rsna', 'read_xlsx', 'url_origin', 'radiography_metadata', 'near_duplicate_groups', 'read_radiography',
+           'Source', 'find_sources', 'read_sources']
 
 # %% ../nbs/02_sources.ipynb #8cf527f8
 COLUMNS = ['patient_id', 'path', 'finding', 'label', 'view', 'source', 'source_split']
@@ -208,31 +212,50 @@ def radiography_metadata(base:Path, # the database folder, holding `<cls>.metada
         raise DataError(f, f"expected columns 'FILE NAME' and 'URL', got {list(m.columns)}")
     return {_radiography_key(n): url_origin(u) for n, u in zip(m[cols['FILE NAME']], m[cols['URL']]) if str(n).strip()}
 
+# %% ../nbs/02_sources.ipynb #6cf0c108
+def near_duplicate_groups(names:list, # file names, in the reader's order
+                          pairs:pd.DataFrame # near-duplicate pairs, columns `file_a` and `file_b`; a name not in `names` is ignored
+                         ) -> dict:
+    "{file name: first name of its group} for `names`, a group being a connected component of `pairs`."
+    idx = pd.Index(names)
+    a, b = idx.get_indexer(pairs['file_a']), idx.get_indexer(pairs['file_b'])
+    ok = (a >= 0) & (b >= 0)
+    graph = coo_matrix((np.ones(ok.sum()), (a[ok], b[ok])), shape=(len(idx), len(idx)))
+    first = pd.Series(np.arange(len(idx))).groupby(connected_components(graph, directed=False)[1]).transform('min')
+    return dict(zip(names, idx[first]))
+
 # %% ../nbs/02_sources.ipynb #a74b063b
-def read_radiography(root # the database folder, or the folder above `COVID-19_Radiography_Dataset/`
+def _beside(root:Path, # the folder above the database
+            base:Path, # the database folder
+            name:str, # the file name of the table
+            cols:tuple # the two columns it must have
+           ):
+    "The table `name` beside the database (in `root`, else in `base`), checked for its columns; None when there is none."
+    for f in (root/name, base/name):
+        if f.is_file():
+            t = _read_csv(f)
+            if not set(cols) <= set(t.columns): raise DataError(f, f"expected columns {cols[0]!r} and {cols[1]!r}, got {list(t.columns)}")
+            return t
+
+def read_radiography(root, # the database folder, or the folder above `COVID-19_Radiography_Dataset/`
+                     source:str='radiography' # the source's name: of its rows, and the start of their patient keys
                     ) -> pd.DataFrame:
-    "COVID-19 Radiography Database: `COVID-19_Radiography_Dataset/<class>/<class>-N.png`, one patient per file."
+    "COVID-19 Radiography Database: `COVID-19_Radiography_Dataset/<class>/<class>-N.png`; a patient per file or near-duplicate group."
     root = Path(root)
     base = root/'COVID-19_Radiography_Dataset' if (root/'COVID-19_Radiography_Dataset').is_dir() else root
     if not any((base/c).is_dir() for c in RADIOGRAPHY_CLASSES):
         raise DataError(root, f"not a COVID-19 Radiography Database folder: expected {sorted(RADIOGRAPHY_CLASSES)}")
-    origin = {}
-    for f in (root/'origin_inference.csv', base/'origin_inference.csv'):
-        if f.is_file():
-            o = _read_csv(f)
-            if not {'file', 'inferred_origin'} <= set(o.columns):
-                raise DataError(f, f"expected columns 'file' and 'inferred_origin', got {list(o.columns)}")
-            origin = dict(zip(o['file'], o['inferred_origin'])); break
-    rows = []
-    for cls, label in RADIOGRAPHY_CLASSES.items():
-        d = base/cls
-        if not d.is_dir(): continue
-        meta = radiography_metadata(base, cls)
-        for p in sorted(d.iterdir(), key=lambda p: (len(p.name), p.name)):
-            if p.suffix.lower() not in IMAGE_EXTS: continue
-            finding = origin.get(p.name) or meta.get(_radiography_key(p.name)) or cls
-            rows.append(dict(patient_id=f'radiography:{cls}/{p.stem}', path=str(p), finding=finding, label=label, view=''))
-    return _table(rows, 'radiography')
+    o = _beside(root, base, 'origin_inference.csv', ('file', 'inferred_origin'))
+    origin = {} if o is None else dict(zip(o['file'], o['inferred_origin']))
+    meta = {cls: radiography_metadata(base, cls) for cls in RADIOGRAPHY_CLASSES if (base/cls).is_dir()}
+    files = [(cls, p) for cls in meta for p in sorted((base/cls).iterdir(), key=lambda p: (len(p.name), p.name))
+             if p.suffix.lower() in IMAGE_EXTS]
+    key = {p.name: f'{cls}/{p.stem}' for cls, p in files}
+    pairs = _beside(root, base, 'near_duplicates.csv', ('file_a', 'file_b'))
+    first = {n: n for n in key} if pairs is None else near_duplicate_groups(list(key), pairs)
+    rows = [dict(patient_id=f'{source}:{key[first[p.name]]}', path=str(p), label=RADIOGRAPHY_CLASSES[cls], view='',
+                 finding=origin.get(p.name) or meta[cls].get(_radiography_key(p.name)) or cls) for cls, p in files]
+    return _table(rows, source)
 
 # %% ../nbs/02_sources.ipynb #b6b3a73d
 @dataclass(frozen=True)
@@ -254,6 +277,8 @@ SOURCES = {
                    'https://www.kaggle.com/c/rsna-pneumonia-detection-challenge'),
     'radiography': Source(read_radiography, ('covid19-radiography-normal-224', 'COVID-19_Radiography_Dataset'),
                           'https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database'),
+    'radiography-covid': Source(partial(read_radiography, source='radiography-covid'), ('covid19-radiography-covid-224',),
+                                'https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database'),
 }
 
 # %% ../nbs/02_sources.ipynb #8a71ba0d

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util, json, math, os, subprocess, sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from covidnext.cache import build_cache
@@ -86,8 +85,12 @@ def test_cpu_benchmark_appends_runs(tmp_path):
     spec = importlib.util.spec_from_file_location('cpu_bench', ROOT / 'benchmarks' / 'cpu.py')
     cpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(cpu)
     out = tmp_path / 'cpu.json'
-    args = ['--skip', 'cache,predict,checkpoint', '--archs', 'resnet18', '--batches', '1', '--size', '32', '--blocks', '1', '--out', str(out)]
-    cpu.main(args); res = cpu.main(args)
+    args = ['--skip', 'cache,predict,checkpoint', '--archs', 'resnet18', '--batches', '1', '--size', '32', '--blocks', '1',
+            '--threads', '1', '--out', str(out)]
+    import torch
+    threads = torch.get_num_threads()                                    # main sets torch's threads for this process
+    try: cpu.main(args); res = cpu.main(args)
+    finally: torch.set_num_threads(threads)
     assert json.loads(out.read_text()) == res and len(res['runs']) == 2
     assert res['machine']['cores'] == os.cpu_count() and res['machine']['torch']
     s = res['summary']['inference_img_s']['resnet18']['batch_1']
