@@ -25,7 +25,7 @@ __all__ = ['SPLITS', 'COVIDNET_TEST_PATIENTS', 'ADULT_ORIGIN', 'ADULT_SPLITS', '
            'EXTRA_COVID', 'EXTERNAL', 'EXTERNAL_SPLITS', 'EXTERNAL_FRACS', 'NEG_SPLIT', 'NEG_LABELS', 'FRONTAL_VIEWS',
            'VARIANTS', 'read_split_file', 'resolve_split_files', 'scan_images', 'leak_groups', 'find_leaks',
            'carve_val', 'assign_test', 'select_adult_normals', 'assign_adult', 'dhash_bits', 'nearest_hash',
-           'add_covid', 'select_external_neg', 'build_split', 'build_cli']
+           'add_covid', 'select_external_neg', 'build_split', 'confounder_table', 'build_cli']
 
 # %% ../nbs/03_covidx.ipynb #854fd9e0
 # in report order; `test_adult` only with adult normals, `test_external` and `test_external_neg` only with external films
@@ -516,6 +516,25 @@ def build_split(sources=None,        # folder holding the public sources (defaul
     if len(bad): raise DataError(out, f"added films (adult normals, more COVID-19, external) leak across splits: {bad.to_dict('records')}")
     df = _save_split(df, src, out)
     return _write_report(out, df, dropped, leaks, mode, published, mism, params, adult, covid, ext)
+
+# %% ../nbs/03_covidx.ipynb #78f4b4fe
+def confounder_table(df:pd.DataFrame, # a split.csv's rows: `path` (relative to `sources`), `label`, `source`, `width`, `height`
+                     sources, # the sources folder, holding `covid-chestxray-dataset/metadata.csv`
+                     classes=CLASSES # the rows, in order
+                    ) -> pd.DataFrame:
+    "Per class: images, Kermany and Cohen shares, median aspect, and the Cohen films' median and youngest age and share from publications."
+    df = df.assign(aspect=df.width / df.height)
+    conf = df.groupby('label').agg(images=('path', 'size'), kermany_share=('source', lambda s: (s == 'kermany').mean()),
+                                   cohen_share=('source', lambda s: (s == 'cohen').mean()),
+                                   aspect_median=('aspect', 'median')).reindex(list(classes))
+    meta = pd.read_csv(Path(sources)/'covid-chestxray-dataset'/'metadata.csv', dtype=str, keep_default_na=False)
+    meta = meta[meta.modality == 'X-ray'].drop_duplicates('filename')
+    meta['path'] = 'covid-chestxray-dataset/images/' + meta.filename
+    coh = df[df.source == 'cohen'].merge(meta[['path', 'age', 'doi', 'url']], on='path', how='left')
+    coh['age'] = pd.to_numeric(coh.age, errors='coerce')
+    coh['from_publication'] = (coh.doi.fillna('') != '') | coh.url.fillna('').str.contains('doi|journal|article|pmc|ncbi', case=False)
+    by = coh.groupby('label')
+    return conf.assign(cohen_age_median=by.age.median(), cohen_age_min=by.age.min(), cohen_from_publication=by.from_publication.mean())
 
 # %% ../nbs/03_covidx.ipynb #4f510181
 @call_cli

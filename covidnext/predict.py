@@ -8,6 +8,7 @@ import io, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,8 +19,8 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .infer import NOTICE, BasePredictor
 
 # %% auto #0
-__all__ = ['Predictor', 'gradcam', 'cam_pairs', 'WithSoftmax', 'onnx_metadata', 'export_onnx', 'onnx_probs', 'onnx_parity',
-           'export_cli']
+__all__ = ['Predictor', 'gradcam', 'cam_pairs', 'gallery_picks', 'gradcam_gallery', 'WithSoftmax', 'onnx_metadata', 'export_onnx',
+           'onnx_probs', 'onnx_parity', 'export_cli']
 
 # %% ../nbs/15_predict.ipynb #e310bb07
 class Predictor(BasePredictor):
@@ -129,6 +130,39 @@ def cam_pairs(models:dict, # {name: model}
             axes[i, j].set_title(f"{name}\n{capt[name][i]}", fontsize=8)
     for a in axes.flat: a.axis('off')
     fig.suptitle(f"Grad-CAM of {'the ' + target + ' output' if target else 'the predicted class'}", fontsize=10)
+    return fig
+
+# %% ../nbs/15_predict.ipynb #ef066041
+def gallery_picks(preds:pd.DataFrame, # per-image predictions: `label`, `pred`, `prob_<class>`, any other columns kept
+                  n:int=2, # correct and wrong films per class
+                  classes=CLASSES # the classes, in the gallery's order
+                 ) -> pd.DataFrame: # the picked rows (index: position in `preds`) with `kind` ('correct' or 'wrong') and `conf`
+    "Per class, the `n` most confident correct films, then the `n` most confident wrong ones."
+    p = preds.reset_index(drop=True)
+    p = p.assign(conf=p[[f'prob_{k}' for k in classes]].max(axis=1))
+    picks = []
+    for cl in classes:
+        g = p[p.label == cl]
+        picks += [(i, 'correct') for i in g[g.pred == cl].nlargest(n, 'conf').index]
+        picks += [(i, 'wrong') for i in g[g.pred != cl].nlargest(n, 'conf').index]
+    return p.loc[[i for i, _ in picks]].assign(kind=[k for _, k in picks])
+
+# %% ../nbs/15_predict.ipynb #c38354e4
+def gradcam_gallery(model:nn.Module, # the classifier the picks were predicted with
+                    x:torch.Tensor, # uint8 images [N,1,H,W] of the picks, in their order, on the model's device
+                    picks:pd.DataFrame, # `gallery_picks`'s rows: kind, label, pred, conf, source
+                    cols:int=4 # panels per row (at most one per pick)
+                   ):
+    "Figure: each picked film under the Grad-CAM map of its predicted class, titled with kind, class, call, confidence and source."
+    from matplotlib.figure import Figure
+    cams = gradcam(model, x).cpu().numpy()
+    n = len(picks); cols = min(n, cols); rows = int(np.ceil(n / cols))
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows), layout='tight')
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for a, r, img, cam in zip(axes.flat, picks.itertuples(), x[:, 0].cpu().numpy(), cams):
+        a.imshow(img, cmap='gray'); a.imshow(cam, cmap='jet', alpha=.35)
+        a.set_title(f"{r.kind}: {CLASS_TITLES[r.label]}\n→ {CLASS_TITLES[r.pred]} ({r.conf:.2f}), {r.source}", fontsize=8)
+    for a in axes.flat: a.axis('off')
     return fig
 
 # %% ../nbs/15_predict.ipynb #c3187124

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_shortcut.ipynb #44f3aec6
 from __future__ import annotations
-import glob, json, math, sys, warnings
+import glob, json, math, platform, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,9 @@ from .study import ensemble, mean_predictions
 # %% auto #0
 __all__ = ['TEST_METRICS', 'false_covid_rate', 'penultimate_features', 'source_probe', 'resolve_checkpoints', 'trained_on',
            'evaluate_runs', 'source_table', 'summarize_runs', 'compare_shortcut', 'shortcut_markdown', 'untrained_like',
-           'probe_models', 'probe_table', 'false_covid_cases', 'shortcut_targets', 'choose_setting', 'screen_runs',
-           'screen_settings', 'screen_cli', 'screen_held_out', 'plot_screen']
+           'probe_models', 'probe_table', 'false_covid_cases', 'shortcut_targets', 'shortcut_result',
+           'save_shortcut_report', 'choose_setting', 'screen_runs', 'screen_settings', 'screen_cli', 'screen_held_out',
+           'plot_screen']
 
 # %% ../nbs/13_shortcut.ipynb #66c1a553
 def false_covid_rate(preds:pd.DataFrame, # predictions of normal films: `pred`, and `label`/`patient_id` when present
@@ -288,6 +289,40 @@ def shortcut_targets(summary:dict, # `compare_shortcut`'s summary
             dict(target=f'COVIDx-v1 test macro-F1 no lower than {reference} within the 95 % interval', met=bool(d['high'] >= 0),
                  value=f"{_pct(d['value'])} against {_pct(d['reference'])}: {_pct(d['difference'])} (95 % CI {_pct(d['low'])} to {_pct(d['high'])})",
                  **{k: d[k] for k in ('difference', 'low', 'high', 'method')})]
+
+# %% ../nbs/13_shortcut.ipynb #e2db77f5
+def shortcut_result(params:dict, # the study's parameters, recorded as given
+                    ev:dict, # {training-set label: `evaluate_runs`'s result}
+                    summary:dict, # `compare_shortcut`'s summary
+                    targets:list, # `shortcut_targets`'s result
+                    probes:dict, # `probe_models`'s results, merged
+                    cases:pd.DataFrame, # `false_covid_cases`'s films of the Grad-CAM figure (`row`, `path`)
+                    screen:dict|None=None, # the screen's JSON (`screen_cli --out`), or None
+                    screen_tab:pd.DataFrame|None=None, # `screen_held_out`'s table of that screen, or None
+                    device:str='cpu' # where the models ran: 'cpu' or 'cuda'
+                   ) -> dict:
+    "The age-shortcut report as one dict: parameters, environment, runs, comparison, targets, probes, screen, Grad-CAM films."
+    films = {name: runs[0]['preds']['test_adult'].iloc[cases.row.to_numpy()] for name, runs in ev.items()}
+    return dict(params=params, device=torch.cuda.get_device_name() if device == 'cuda' else 'cpu', torch=torch.__version__,
+                python=platform.python_version(),
+                runs={name: [{k: r[k] for k in ('checkpoint', 'arch', 'seed', 'epoch', 'trained_on', 'val')} for r in runs]
+                      for name, runs in ev.items()},
+                **summary, targets=targets, probes=probes,
+                screen=None if screen_tab is None else dict(chosen=screen['chosen'], metric=screen['metric'],
+                                                            runs=screen_tab.to_dict('records')),
+                gradcam=[dict(path=p, **{name: dict(pred=d['pred'].iloc[i], prob_covid=float(d['prob_COVID-19'].iloc[i]))
+                                         for name, d in films.items()}) for i, p in enumerate(cases.path)])
+
+def save_shortcut_report(result:dict, # `shortcut_result`'s dict
+                         md:str, # `shortcut_markdown`'s summary
+                         out # the folder to write to (made when missing)
+                        ) -> tuple: # the paths of 14_shortcut.json and 14_shortcut.md
+    "Write the report's `14_shortcut.json` (JSON-safe, no NaN) and `14_shortcut.md` into `out`."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    js, mdp = out/'14_shortcut.json', out/'14_shortcut.md'
+    js.write_text(json.dumps(jsonable(result), indent=1, allow_nan=False))
+    mdp.write_text(md)
+    return js, mdp
 
 # %% ../nbs/13_shortcut.ipynb #8ec71447
 def choose_setting(table:pd.DataFrame, # `screen_runs`'s table
