@@ -26,7 +26,8 @@ from .metrics import classification_metrics
 # %% auto #0
 __all__ = ['TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows', 'load_split',
            'epoch_order', 'SeedStyleDataset', 'seed_style_loader', 'make_loss', 'make_optimizer', 'make_scheduler',
-           'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'RunLogger', 'fit', 'train_cli']
+           'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'metric_columns', 'append_row',
+           'RunLogger', 'fit', 'train_cli']
 
 # %% ../nbs/10_train.ipynb #c1c9a958
 def _f(default, help): return field(default=default, metadata={'help': help})  # a field and its --help text
@@ -81,6 +82,7 @@ class TrainConfig:
     ckpt_background: bool = _f(True, "write checkpoints in a background thread from a host copy of the state, so training goes on while the disk works (one write at a time; fit returns once all are on disk)")
     max_steps: int = _f(0, "stop after N optimizer steps in all (0: no limit)")
     nan_check: int = _f(10, "check the loss for NaN/inf every N steps (and before every checkpoint)")
+    test_log: bool = _f(False, "the seed's protocol, for comparison only: after each epoch's validation also score the test split into out/test_log.csv, a log that no choice (best.pt, early stopping, schedule) reads")
     log_images: bool = _f(True, "log a grid of augmented inputs and the confusion matrix to TensorBoard")
     progress: bool = _f(True, "tqdm progress bars")
 
@@ -391,6 +393,25 @@ def resume_from(path, # the run's last.pt
     return ck['epoch'], ck['step_in_epoch'], ck['global_step'], ck['history'], ck['best']
 
 # %% ../nbs/10_train.ipynb #1cef325c
+def metric_columns(m:dict, # a split's metrics (`validate`'s)
+                   prefix:str, # the columns' prefix: 'val' or 'test'
+                   classes=CLASSES # class names (per-class sensitivity columns)
+                  ) -> dict:
+    "A split's scalar metrics and per-class sensitivities as CSV columns `{prefix}_...`."
+    cols = {f'{prefix}_{k}': v for k, v in m.items() if isinstance(v, float)}
+    cols.update({f'{prefix}_sens_{c}': m['sensitivity'][c] for c in classes})
+    return cols
+
+def append_row(path:Path, # a CSV file (written with a header when new)
+               row:dict # the row: column -> value
+              ):
+    "Append one row to a CSV file, writing the header first when the file is new."
+    new = not path.exists()
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new: w.writeheader()
+        w.writerow(row)
+
 class RunLogger:
     "CSV + TensorBoard logging of a run (a no-op on ranks other than 0)."
     def __init__(self, out:Path, # the run folder
@@ -412,16 +433,20 @@ class RunLogger:
         "Append the epoch's row to log.csv and its scalars to TensorBoard."
         if not self.active: return
         flat = dict(epoch=epoch, step=step, lr=lr, **{k: v for k, v in row.items() if not isinstance(v, (dict, list))})
-        flat.update({f'val_{k}': v for k, v in val.items() if isinstance(v, float)})
-        flat.update({f'val_sens_{c}': val['sensitivity'][c] for c in classes})
-        new = not (self.out/'log.csv').exists()
-        with open(self.out/'log.csv', 'a', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=list(flat))
-            if new: w.writeheader()
-            w.writerow(flat)
+        flat.update(metric_columns(val, 'val', classes))
+        append_row(self.out/'log.csv', flat)
         for k, v in flat.items():
             if k not in ('epoch', 'step') and v is not None: self.tb.add_scalar(k.replace('val_', 'val/').replace('train_', 'train/'), v, epoch)
         self.tb.flush()
+
+    def test(self, epoch:int, # the epoch
+             step:int, # optimizer steps so far
+             test:dict, # `validate`'s metrics on the test split
+             classes=CLASSES): # class names (per-class sensitivity columns)
+        "Append the epoch's test-split row to test_log.csv, unless the epoch has one (a resumed run); nothing else reads it."
+        path = self.out/'test_log.csv'
+        if not self.active or (path.exists() and epoch in pd.read_csv(path, usecols=['epoch']).epoch.values): return
+        append_row(path, dict(epoch=epoch, step=step, **metric_columns(test, 'test', classes)))
 
     def confusion(self, cm, # the validation confusion matrix [K,K]
                   epoch:int, # the epoch
@@ -463,6 +488,7 @@ def fit(cfg:TrainConfig # everything the run depends on
         cache = open_cache(cfg, rank)
         xtr, ytr, _ = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')
         xva, yva, _ = load_split(cache, 'val', cfg, dev)
+        xte, yte, _ = load_split(cache, 'test', cfg, dev) if cfg.test_log and rank == 0 else (None, None, None)
         model = create_model(cfg.arch, n_classes=len(CLASSES), pretrained=cfg.pretrained,
                              freeze_backbone=cfg.freeze_backbone, input_size=cfg.size, harmonize=cfg.harmonize)
         model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -520,6 +546,7 @@ def fit(cfg:TrainConfig # everything the run depends on
             if rank == 0:
                 log.epoch(epoch, global_step, dict(train_loss=tr['loss'], train_img_s=tr['img_s']), val, lr=lr)
                 if cfg.log_images: log.confusion(val['confusion'], epoch)
+                if xte is not None: log.test(epoch, global_step, validate(ema.module if ema is not None else model, xte, yte, cfg))
                 st = _state(model, opt, sched, cfg, epoch, steps_per_epoch if done_epoch else tr['steps'], global_step, gen, history, best, val, ema)
                 last_epoch = epoch == cfg.epochs - 1 or (cfg.max_steps and global_step >= cfg.max_steps)
                 if improved or last_epoch or (epoch + 1) % cfg.save_every == 0:
