@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastcore.script import Param
 
-from .core import DataError, cli_parser, _dashed
+from .core import DataError, cli_parser, dashed_args
 from .infer import NOTICE, OnnxPredictor, find_inputs, overlay_names, result_columns, result_row, save_overlay
 
 # %% auto #0
@@ -89,7 +89,7 @@ def predict_cli(argv=None # the arguments; default: sys.argv[1:]
     p = cli_parser(predict_files, 'covidnext-predict')
     p.epilog = NOTICE
     for act in p._actions: act.metavar = dict(paths='PATH', checkpoint='CKPT', out='CSV', explain='DIR', batch_size='N').get(act.dest, act.metavar)
-    a = p.parse_intermixed_args(_dashed(sys.argv[1:] if argv is None else list(argv), p))
+    a = p.parse_intermixed_args(dashed_args(sys.argv[1:] if argv is None else list(argv), p))
     print(NOTICE, file=sys.stderr)
     try: rows = predict_files(**vars(a))
     except (RuntimeError, ValueError, OSError) as e: raise SystemExit(f"covidnext-predict: {e}")

@@ -11,7 +11,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['CLASSES', 'CLASS_TITLES', 'LABELS', 'DataError', 'sources_dir', 'file_hash', 'atomic_write', 'DeviceError',
-           'resolve_device', 'jsonable', 'cli_parser', 'call_cli']
+           'resolve_device', 'jsonable', 'cli_parser', 'dashed_args', 'call_cli']
 
 # %% ../nbs/00_core.ipynb #58da93df
 CLASSES = ('normal', 'bacteria', 'viral', 'COVID-19')  # COVIDx labels, in model-output order
@@ -102,7 +102,7 @@ def cli_parser(func, # a function whose parameters (with `docments` comments or 
               ) -> argparse.ArgumentParser:
     "An `argparse` parser with an option `--a-b` for each parameter `a_b` of `func`, as `call_parse` builds it."
     p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
-    p.options = set()  # the option strings, for `_dashed`
+    p.options = set()  # the option strings, for `dashed_args`
     for k, v in docments(func, full=True, returns=False, eval_str=True).items():
         anno = None if v.anno is inspect.Parameter.empty else v.anno
         param = copy.copy(anno) if isinstance(anno, Param) else Param(v.docment, anno)
@@ -113,7 +113,9 @@ def cli_parser(func, # a function whose parameters (with `docments` comments or 
         if param.opt: p.options.add(f'--{name}')
     return p
 
-def _dashed(argv, p) -> list:
+def dashed_args(argv:list, # the command line's arguments
+                p # the parser (`cli_parser`), whose option strings it knows
+               ) -> list:
     "`argv` with `--a_b[=v]` spelled `--a-b[=v]` where `p` knows that option."
     def fix(a):
         o, eq, v = a.partition('=')
@@ -127,5 +129,5 @@ def call_cli(func # a function documented as `cli_parser` reads it
     def _f(*args, **kwargs):
         if args or kwargs: return func(*args, **kwargs)
         p = cli_parser(func, Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ('', '-c') else None)
-        return func(**vars(p.parse_args(_dashed(sys.argv[1:], p))))
+        return func(**vars(p.parse_args(dashed_args(sys.argv[1:], p))))
     return _f

@@ -15,7 +15,7 @@ from typing import Callable
 
 from fastcore.basics import patch
 from fastcore.script import Param
-from .core import _dashed, atomic_write, cli_parser, sources_dir
+from .core import dashed_args, atomic_write, cli_parser, sources_dir
 
 # %% auto #0
 __all__ = ['SETTINGS', 'profile_names', 'load_profile', 'device_info', 'default_parallel', 'Step', 'Study', 'variant',
@@ -554,7 +554,7 @@ def study_cli(argv:list=None # the arguments (default: sys.argv[1:])
     "`covidnext-study`: `study` from the command line, with the study's manual and profiles in `--help`."
     p = cli_parser(study, 'covidnext-study')
     p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, _manual()
-    return study(**vars(p.parse_args(_dashed(sys.argv[1:] if argv is None else argv, p))))
+    return study(**vars(p.parse_args(dashed_args(sys.argv[1:] if argv is None else argv, p))))
 
 # %% ../nbs/17_run.ipynb #25f81495
 if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(study_cli())  # python -m covidnext.run

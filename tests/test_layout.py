@@ -24,13 +24,12 @@ def package_imports(path: Path) -> set:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             mod = node.module or ''
-            if node.level == 1: found.add(mod.split('.')[0] if mod else None)
-            elif mod.startswith('covidnext.'): found.add(mod.split('.')[1])
-            elif mod == 'covidnext': found.update(a.name for a in node.names)
-            if node.level == 1 and not mod: found.update(a.name for a in node.names)
+            if node.level == 1 and mod: found.add(mod.split('.')[0])               # from .core import x
+            elif node.level == 1 or mod == 'covidnext': found.update(a.name for a in node.names)  # from . import core
+            elif mod.startswith('covidnext.'): found.add(mod.split('.')[1])        # from covidnext.core import x
         elif isinstance(node, ast.Import):
             found.update(a.name.split('.')[1] for a in node.names if a.name.startswith('covidnext.'))
-    return {m for m in found if m and m != '__init__' and (PKG / f'{m}.py').exists()}
+    return {m for m in found if (PKG / f'{m}.py').exists()}
 
 
 def test_every_module_comes_from_a_numbered_notebook():
