@@ -23,7 +23,10 @@ setuptools.setup(
     url=cfg['git_url'],
     classifiers=['Programming Language :: Python :: 3', 'Intended Audience :: Science/Research'],
     keywords=cfg['keywords'].split(),
-    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
+    # The released model, models/covidnext.onnx (and its card, models/README.md), is installed as covidnext/models/.
+    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']) + [cfg['lib_path'] + '.models'],
+    package_dir={cfg['lib_path'] + '.models': 'models'},
+    package_data={cfg['lib_path'] + '.models': ['*.onnx', 'README.md']},
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
     install_requires=requirements,

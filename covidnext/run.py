@@ -19,8 +19,9 @@ from .core import dashed_args, atomic_write, cli_parser, sources_dir
 
 # %% auto #0
 __all__ = ['SETTINGS', 'profile_names', 'load_profile', 'device_info', 'default_parallel', 'Step', 'Study', 'variant',
-           'mitigation', 'plan', 'plan_text', 'in_child', 'to_html', 'keep_logs', 'run_step', 'StepFailed', 'execute',
-           'wall_record', 'add_record', 'time_study', 'quick_note', 'study_plan', 'study', 'study_cli']
+           'mitigation', 'public_setting', 'plan', 'plan_text', 'in_child', 'to_html', 'keep_logs', 'run_step',
+           'StepFailed', 'execute', 'wall_record', 'add_record', 'time_study', 'quick_note', 'study_plan', 'study',
+           'study_cli']
 
 # %% ../nbs/17_run.ipynb #b92589e5
 def profile_names() -> list:
@@ -71,7 +72,7 @@ def default_parallel(profile:dict, # `load_profile`'s dict
 class Step:
     "One step of a study: what runs, where its report goes, with which parameters, after which steps."
     name: str                 # unique in the plan, and the log's line
-    kind: str                 # 'notebook', 'kept', 'build', 'screen' or 'html'
+    kind: str                 # 'notebook', 'kept', 'build', 'screen', 'release' or 'html'
     notebook: str = None      # the study notebook that papermill runs
     output: str = None        # the report it writes: an executed notebook, a build's report, the screen's JSON
     params: dict = field(default_factory=dict)  # papermill's parameters, or the build's, the screen's or the HTML's arguments
@@ -104,8 +105,10 @@ class Study:
     cache: str = None         # a prebuilt cache of COVIDx-v1 to train and evaluate from
     adult_cache: str = None   # a prebuilt squash cache of covidx-v1-adult; without `cache` it serves the COVIDx-v1 runs too
     plus_cache: str = None    # the same of covidx-v1-adult-covid: the plus settings; alone, it serves every step
+    public_cache: str = None  # the same of covidx-v1-public: the public runs and 15_external
     dataset: bool = True      # run the dataset report (it reads the sources)
     shortcut: bool = True     # run the age-shortcut step
+    external: bool = True     # after it, the public runs, 15_external and the release of the public model
     resume: bool = False      # keep what a stopped study finished
     exists: Callable = field(default=lambda path: False, repr=False)  # whether a file is there now
     nbs: str = 'nbs/study'    # the study notebooks
@@ -115,9 +118,9 @@ class Study:
         "The study notebook `name`."
         return f'{self.nbs}/{name}.ipynb'
 
-    def split(self, name:str # a split's name: covidx-v1, covidx-v1-adult or covidx-v1-adult-covid
+    def split(self, name:str # a split's name: covidx-v1, covidx-v1-adult, covidx-v1-adult-covid or covidx-v1-public
              ) -> str:
-        "The split.csv of the split `name` (covidx-v1, covidx-v1-adult, covidx-v1-adult-covid)."
+        "The split.csv of the split `name` (covidx-v1, covidx-v1-adult, covidx-v1-adult-covid, covidx-v1-public)."
         return f'{self.out}/{name}/split.csv'
 
     @property
@@ -164,7 +167,8 @@ def run_steps(self:Study, arch:str, # a variant
     nbs = (f'{R}/11_train_{arch}_seed{seed}.ipynb', f'{R}/12_evaluate_{arch}_seed{seed}.ipynb')
     if self.kept_run(arch, seed): return [Step(name, 'kept', html=nbs, note='evaluated already, kept (--resume)', after=after)]
     train = Step(f'train {name}', 'notebook', self.nb('11_train'), nbs[0], after=after, html=nbs[:1],
-                 params={**variant(arch), 'seed': seed, 'runs': self.runs, **self.data(), **self.train_params()},
+                 params={**variant(arch), 'seed': seed, 'runs': self.runs, **self.data(), **self.train_params(),
+                         'test_log': True},   # the seed's protocol, beside the honest figures in 13_compare_covidnet
                  logs=(run, f'{R}/training_logs/{arch}-seed{seed}'))
     return [train, Step(f'evaluate {name}', 'notebook', self.nb('12_evaluate'), nbs[1], after=(train.name,), html=nbs[1:],
                         params={'name': f'{arch}_seed{seed}', 'checkpoint': f'{run}/best.pt', 'out': R, **self.data()})]
@@ -173,22 +177,29 @@ def run_steps(self:Study, arch:str, # a variant
 SETTINGS = {'': {}, 'pad': dict(resize_mode='pad'), 'equalize': dict(harmonize='equalize'), 'srcaug': dict(source_aug=0.5),
             'all': dict(resize_mode='pad', harmonize='equalize', source_aug=0.5)}
 
-def mitigation(setting:str # <v1|adult|plus>[-pad|-equalize|-srcaug|-all]
-              ) -> tuple: # (its training split: v1, adult or plus; its 11_train parameters)
-    "A mitigation setting's training split and parameters."
+def mitigation(setting:str # <v1|adult|plus|public>[-pad|-equalize|-srcaug|-all]
+              ) -> tuple: # (its training split: v1, adult, plus or public; its 11_train parameters)
+    "A setting's training split and parameters (public: covidx-v1-public, trained after the screen, never screened)."
     split, _, m = setting.partition('-')
-    if split not in ('v1', 'adult', 'plus') or m not in SETTINGS:
+    if split not in ('v1', 'adult', 'plus', 'public') or m not in SETTINGS:
         raise ValueError(f"unknown mitigation setting {setting!r}: <v1|adult|plus>[-pad|-equalize|-srcaug|-all]")
     return split, SETTINGS[m]
+
+def public_setting(chosen:str # the setting the screen chose, e.g. adult-equalize
+                  ) -> str:
+    "The public runs' setting: the chosen setting's parameters on covidx-v1-public (adult-equalize: public-equalize)."
+    m = chosen.partition('-')[2]
+    return 'public' + (f'-{m}' if m else '')
 
 @patch
 def setting_data(self:Study, setting:str # a mitigation setting, e.g. adult-equalize
                 ) -> dict:
     "The data parameters of a setting: its split (plus: covidx-v1-adult-covid, whose val and test are adult's), from a squash cache if any."
     split, params = mitigation(setting)
-    csv = self.split({'v1': 'covidx-v1', 'adult': 'covidx-v1-adult', 'plus': 'covidx-v1-adult-covid'}[split])
+    csv = self.split({'v1': 'covidx-v1', 'adult': 'covidx-v1-adult', 'plus': 'covidx-v1-adult-covid', 'public': 'covidx-v1-public'}[split])
     if params.get('resize_mode') == 'pad': return _split_data(csv, self.sources)   # letterboxed from the sources
     if split == 'adult': return _split_data(csv, self.sources, *self.adult_from())
+    if split == 'public': return _split_data(csv, self.sources, self.public_cache)
     return _split_data(csv, self.sources, self.plus_cache) if split == 'plus' else self.data()
 
 # %% ../nbs/17_run.ipynb #e93dedc9
@@ -197,14 +208,15 @@ def setting_step(self:Study, setting:str, # a mitigation setting
                  seed:int, # the seed
                  after:tuple=() # the steps it waits for
                 ) -> Step:
-    "Train the shortcut step's arch with a setting and a seed; `kept` when resuming and the run has finished."
+    "Train the shortcut step's arch with a setting and a seed (a public setting: <runs>/<setting>/); `kept` when resuming and the run has finished."
     sa, R, name = self.profile['shortcut_arch'], self.reports, f"{self.profile['shortcut_arch']} {setting} seed {seed}"
-    run, nb = f'{self.runs}/shortcut/{setting}/{sa}-seed{seed}', f'{R}/11_train_shortcut_{setting}_{sa}_seed{seed}.ipynb'
+    where = setting if mitigation(setting)[0] == 'public' else f'shortcut/{setting}'
+    run, nb = f'{self.runs}/{where}/{sa}-seed{seed}', f"{R}/11_train_{where.replace('/', '_')}_{sa}_seed{seed}.ipynb"
     if self.resume and self.exists(f'{run}/summary.json'):
         return Step(name, 'kept', html=(nb,), note='trained already, kept (--resume)', after=after)
     return Step(name, 'notebook', self.nb('11_train'), nb, after=after, html=(nb,),
-                logs=(run, f'{R}/training_logs/shortcut/{setting}/{sa}-seed{seed}'),
-                params={'arch': sa, 'seed': seed, 'runs': f'{self.runs}/shortcut/{setting}', **self.setting_data(setting),
+                logs=(run, f'{R}/training_logs/{where}/{sa}-seed{seed}'),
+                params={'arch': sa, 'seed': seed, 'runs': f'{self.runs}/{where}', **self.setting_data(setting),
                         **self.train_params(), **mitigation(setting)[1]})
 
 @patch
@@ -221,9 +233,14 @@ def shortcut_steps(self:Study, after:tuple # the steps it waits for
                   ) -> list:
     "The age-shortcut step up to the screen: the split builds, the reference runs where needed, each setting's first seed, the screen."
     sa, seeds, ms = self.profile['shortcut_arch'], self.profile['seeds'], self.profile['mitigations']
+    if bad := [m for m in ms if mitigation(m)[0] == 'public']:
+        raise ValueError(f"{', '.join(bad)}: public settings are not screened (their validation split differs); the public runs follow the screen's choice")
     builds = [] if self.adult_from()[0] else [self.build_step('covidx-v1-adult', after, adult_normals=True)]
     if any(m.startswith('plus') for m in ms) and not self.plus_cache:
         builds.append(self.build_step('covidx-v1-adult-covid', tuple(b.name for b in builds) or after, adult_normals=True, more_covid=True))
+    if self.external and not self.public_cache:
+        builds.append(self.build_step('covidx-v1-public', tuple(b.name for b in builds) or after, adult_normals=True,
+                                      more_covid=True, external=True))
     wait = (builds[-1].name,) if builds else after
     own = all(self.exists(f'{self.runs}/{sa}-seed{s}/best.pt') or (sa in self.profile['archs'] and not self.kept_run(sa, s))
               for s in seeds)
@@ -245,7 +262,7 @@ def shortcut_steps(self:Study, after:tuple # the steps it waits for
 def after_screen(self:Study, chosen:str, # the setting the screen chose
                  v1runs:str # the folder of the COVIDx-v1 reference runs
                 ) -> list:
-    "The steps after the screen: the chosen setting's other seeds, 14_shortcut, and the last reports' HTML."
+    "The steps after the screen: the chosen setting's other seeds, 14_shortcut, the external steps, and the last reports' HTML."
     sa, seeds, R = self.profile['shortcut_arch'], self.profile['seeds'], self.reports
     trains = [] if chosen == 'v1' else [self.setting_step(chosen, s, ('screen',)) for s in seeds if s != seeds[0]]
     runs = f'{v1runs}/{sa}-seed*/best.pt' if chosen == 'v1' else f'{self.runs}/shortcut/{chosen}/{sa}-seed*/best.pt'
@@ -255,13 +272,37 @@ def after_screen(self:Study, chosen:str, # the setting the screen chose
                   after=tuple(t.name for t in trains) or ('screen',),
                   params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': runs,
                           'label_adult': f'chosen on validation: {chosen}', 'screen': f'{R}/14_screen.json', **data, 'out': R})
-    return trains + [report, self.html_step((report.name,))]
+    ext = self.external_steps(chosen, v1runs, runs, tuple(t.name for t in trains) or ('screen',)) if self.external else []
+    return trains + [report, *ext, self.html_step((report.name, *(s.name for s in ext[-1:])))]
 
 @patch
 def html_step(self:Study, after:tuple # the steps it waits for
              ) -> Step:
-    "The HTML of the reports that no step renders as it ends: the comparison and the shortcut report (<reports>/1[34]_*.ipynb)."
-    return Step('html', 'html', params=dict(reports=f'{self.reports}/1[34]_*.ipynb'), after=tuple(after))
+    "The HTML of the reports that no step renders as it ends: the comparison, the shortcut and external reports (<reports>/1[345]_*.ipynb)."
+    return Step('html', 'html', params=dict(reports=f'{self.reports}/1[345]_*.ipynb'), after=tuple(after))
+
+# %% ../nbs/17_run.ipynb #927251fe
+@patch
+def external_steps(self:Study, chosen:str, # the setting the screen chose
+                   v1runs:str, # the folder of the COVIDx-v1 reference runs
+                   chosen_runs:str, # the chosen setting's checkpoints (a glob pattern)
+                   after:tuple # the steps it waits for besides its own runs: the chosen setting's seeds
+                  ) -> list:
+    "The public runs (each seed), 15_external, and the release of the public model validation picks."
+    sa, R, pub = self.profile['shortcut_arch'], self.reports, public_setting(chosen)
+    trains = [self.setting_step(pub, s, ('screen',)) for s in self.profile['seeds']]
+    runs = f'{self.runs}/{pub}/{sa}-seed*/best.pt'
+    pad = mitigation(chosen)[1].get('resize_mode') == 'pad'
+    data = _split_data(self.split('covidx-v1-public'), self.sources, None if pad else self.public_cache)
+    ext = Step('external', 'notebook', self.nb('15_external'), f'{R}/15_external.ipynb', html=(f'{R}/15_external.ipynb',),
+               after=tuple(after) + tuple(t.name for t in trains),
+               params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': chosen_runs, 'runs_public': runs,
+                       'label_adult': f'{chosen}, chosen on validation', 'label_public': f'covidx-v1-public, {pub}',
+                       **data, 'reports': R, 'out': R})
+    models = self.profile.get('models', 'models')
+    rel = Step('release', 'release', output=f'{models}/covidnext.onnx', after=('external',),
+               params=dict(runs=runs, reports=R, models=models, profile=self.profile['name'], **data))
+    return trains + [ext, rel]
 
 # %% ../nbs/17_run.ipynb #e1f9758c
 def plan(profile:dict, # `load_profile`'s dict
@@ -319,9 +360,9 @@ def to_html(reports, # executed notebooks
 def keep_logs(run, # a run folder
               dest # a folder beside the reports
              ):
-    "Copy the run's summary.json and log.csv (those there) into `dest`."
+    "Copy the run's summary.json, log.csv and test_log.csv (those there) into `dest`."
     Path(dest).mkdir(parents=True, exist_ok=True)
-    for f in ('summary.json', 'log.csv'):
+    for f in ('summary.json', 'log.csv', 'test_log.csv'):
         if (Path(run)/f).is_file(): shutil.copyfile(Path(run)/f, Path(dest)/f)
 
 # %% ../nbs/17_run.ipynb #acb84016
@@ -341,6 +382,7 @@ def run_step(step:Step # a step of the plan
     elif step.kind == 'screen':
         result = in_child('covidnext.shortcut:screen_settings', **step.params)
         print(f"== chosen on validation: {result}", flush=True)
+    elif step.kind == 'release': print(in_child('covidnext.release:release', **step.params), flush=True)
     elif step.kind == 'html': to_html(sorted(glob.glob(step.params['reports'])))
     if step.logs: keep_logs(*step.logs)
     to_html(step.html, missing_only=step.kind == 'kept')
@@ -438,8 +480,10 @@ def _manual() -> str:
                          for n in profile_names() for p in [load_profile(n)])
     return f"""The study, each notebook of nbs/study/ run by papermill with its parameters recorded in its executed copy:
   1. 10_dataset: the dataset report; it builds <out>/covidx-v1/split.csv from the sources.
-  2. Seed by seed, each seed's variants side by side: 11_train (the run <runs>/<variant>-seed<seed>; its summary.json
-     and log.csv are kept in <reports>/training_logs/), then 12_evaluate of its best checkpoint on the test split.
+  2. Seed by seed, each seed's variants side by side: 11_train (the run <runs>/<variant>-seed<seed>; its summary.json,
+     log.csv and test_log.csv are kept in <reports>/training_logs/), then 12_evaluate of its best checkpoint on the
+     test split. test_log.csv scores the test split after every epoch (the seed's protocol): only 13_compare_covidnet
+     reads it, to show what choosing on the test split would have reported; nothing is chosen on it.
   3. 13_compare_covidnet: the variants against COVID-Net and COVID-Next, from the evaluations.
   4. The age shortcut (COVIDx-v1 + 1,000 adult normal films): the covidx-v1-adult split (covidnext-build
      --adult-normals; with a plus setting also covidx-v1-adult-covid, --more-covid), each mitigation setting trained
@@ -447,7 +491,12 @@ def _manual() -> str:
      other seeds, and 14_shortcut, which compares it with the COVIDx-v1 runs and reports every setting's held-out
      numbers. Its COVIDx-v1 reference is the study's own runs of --shortcut-arch where their checkpoints are there,
      else runs trained for this step as the setting v1.
-  5. Each report as HTML beside it, as soon as it exists.
+  5. External validation: the covidx-v1-public split (covidnext-build --adult-normals --more-covid --external: COVID-19
+     films of other hospitals in train, val and test_external, and Cohen's films without COVID-19 as
+     test_external_neg), the public runs (the chosen setting's parameters on it, every seed), 15_external (every
+     training set on every test set), and the release: the public run with the best validation macro-F1 exported
+     to the profile's models folder as ONNX with its model card, rewritten only when that model changes.
+  6. Each report as HTML beside it, as soon as it exists.
 
 Profiles (flags replace their values):
 {profiles}
@@ -457,7 +506,7 @@ Without the sources (e.g. a GPU machine), give a cache and --no-dataset. An --ad
 out), so it is the one file such a machine needs; screen only settings without -pad/-all there (they letterbox from
 the sources). A --plus-cache, the same of covidx-v1-adult-covid, trains the plus settings; without the others it
 serves every step (drop_sources=cohen-unlisted gives covidx-v1-adult row for row, radiography,cohen-unlisted
-COVIDx-v1).
+COVIDx-v1). A --public-cache, the same of covidx-v1-public, serves the public runs and 15_external.
 
 --resume picks up a stopped study: a variant and seed whose evaluation is in the reports is not run again (the
 reports are enough, no checkpoint needed), a stopped training run continues from its last.pt, a finished setting of
@@ -514,8 +563,10 @@ def study(profile:Param(_PROFILE, str)='quick',
           cache:str=None, # a prebuilt image cache of COVIDx-v1 to train and evaluate from
           adult_cache:str=None, # a prebuilt squash cache of covidx-v1-adult (see below)
           plus_cache:str=None, # a prebuilt squash cache of covidx-v1-adult-covid (see below)
+          public_cache:str=None, # a prebuilt squash cache of covidx-v1-public: the public runs and 15_external (see below)
           dataset:bool=True, # run the dataset report (it reads the sources); --no-dataset leaves it out
-          shortcut:bool=True, # run the age-shortcut step; --no-shortcut leaves it out
+          shortcut:bool=True, # run the age-shortcut step; --no-shortcut leaves it out (and the external steps)
+          external:bool=True, # after the age-shortcut step, the public runs, 15_external and the release; --no-external leaves them out
           parallel:int=None, # training runs side by side (default: the profile's; full on CUDA: one per 12 GiB of GPU memory)
           resume:bool=False, # pick up a stopped study (see below)
           sources:str=None, # the sources folder (default: $COVIDNEXT_SOURCES)
@@ -527,10 +578,11 @@ def study(profile:Param(_PROFILE, str)='quick',
          ) -> int: # the exit status
     "Run the study: the dataset report, training and evaluation of each variant and seed, the comparison, the age-shortcut step."
     args = dict(locals())
+    if archs and [a.lower() for a in archs] == ['none']: archs = []   # --archs none: no variant
     prof, flags, steps = study_plan(profile, sources, dict(archs=archs, seeds=seeds, epochs=epochs, mitigations=mitigations,
                                                            shortcut_arch=shortcut_arch),
-                                    out=out, cache=cache, adult_cache=adult_cache, plus_cache=plus_cache, dataset=dataset,
-                                    shortcut=shortcut, resume=resume)
+                                    out=out, cache=cache, adult_cache=adult_cache, plus_cache=plus_cache, public_cache=public_cache,
+                                    dataset=dataset, shortcut=shortcut, external=external, resume=resume)
     if dry_run:
         print(plan_text(steps)); return 0
     device = device_info() if time or (parallel is None and prof['run_gib']) else None
