@@ -119,7 +119,8 @@ def test_help_describes_every_option(data):
     assert all(a.help for a in cli_parser(predict_files)._actions), "an option without a description"
     h = run_cli(export_cli, '--help', prog='covidnext-export').stdout
     for o in ('checkpoint', '--opset', '--no-check', 'out', 'parity check'): assert o in h, o
-    assert h.split('\n')[0].endswith('checkpoint out') and '--onnx' not in h, h  # covidnext-export CKPT OUT.onnx
+    assert h.split('\n\n')[0].split()[-2:] == ['checkpoint', 'out'] and '--onnx' not in h, h  # covidnext-export CKPT OUT.onnx
+    assert '--fp16-weights' in h and '--no-cam' in h
 
 
 def test_pickled_object_checkpoint_is_refused(data, tmp_path):

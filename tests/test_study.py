@@ -39,25 +39,37 @@ def stand_in(steps, chosen, parallel=1) -> tuple:
 def test_quick_plan_runs_every_step_seed_by_seed():
     steps = plan(load_profile('quick'), sources='S')
     assert names(steps) == ['dataset', 'train resnet18 seed 0', 'evaluate resnet18 seed 0', 'train resnet18 seed 1',
-                            'evaluate resnet18 seed 1', 'compare', 'split covidx-v1-adult', 'resnet18 adult seed 0',
-                            'resnet18 adult-all seed 0', 'screen']
+                            'evaluate resnet18 seed 1', 'compare', 'split covidx-v1-adult', 'split covidx-v1-public',
+                            'resnet18 adult seed 0', 'resnet18 adult-all seed 0', 'screen']
     s = by_name(steps, 'adult-all')
     assert s['dataset'].params == dict(sources='S', out='out/covidx-v1') and s['dataset'].output == 'reports/quick/10_dataset.ipynb'
     assert s['train resnet18 seed 1'].params == dict(arch='resnet18', seed=1, runs='runs/quick', split_csv='out/covidx-v1/split.csv',
-                                                      sources='S', epochs=1, size=32, subset=64, batch_size=16, ema=0.9)
+                                                      sources='S', epochs=1, size=32, subset=64, batch_size=16, ema=0.9,
+                                                      test_log=True)
     assert s['evaluate resnet18 seed 1'].params['checkpoint'] == 'runs/quick/resnet18-seed1/best.pt'
     assert s['compare'].params == dict(reports='reports/quick')
     assert s['split covidx-v1-adult'].params == dict(sources='S', split_files='S/covidx-v1-splits', out='out/covidx-v1-adult',
                                                       adult_normals=True)
+    assert by_name(steps, 'adult')['release'].params['models'] == 'runs/quick/models'
     assert s['resnet18 adult-all seed 0'].params == dict(arch='resnet18', seed=0, runs='runs/quick/shortcut/adult-all',
                                                           split_csv='out/covidx-v1-adult/split.csv', sources='S', epochs=1, size=32,
                                                           subset=64, batch_size=16, ema=0.9, resize_mode='pad', harmonize='equalize',
                                                           source_aug=0.5)
     assert list(s['screen'].params['candidates']) == ['v1', 'adult', 'adult-all']
-    assert names(steps[-1].then('adult-all')) == ['resnet18 adult-all seed 1', 'shortcut', 'html']
+    assert names(steps[-1].then('adult-all')) == ['resnet18 adult-all seed 1', 'shortcut', 'resnet18 public-all seed 0',
+                                                  'resnet18 public-all seed 1', 'external', 'release', 'html']
+    assert s['split covidx-v1-public'].params == dict(sources='S', split_files='S/covidx-v1-splits', out='out/covidx-v1-public',
+                                                       adult_normals=True, more_covid=True, external=True)
+    pub = s['resnet18 public-all seed 1'].params
+    assert (pub['runs'], pub['split_csv'], pub['resize_mode'], pub['harmonize']) == ('runs/quick/public-all', 'out/covidx-v1-public/split.csv',
+                                                                                     'pad', 'equalize')
+    assert 'test_log' not in pub                                                        # the seed's protocol: the variants only
+    assert s['external'].params['runs_public'] == 'runs/quick/public-all/resnet18-seed*/best.pt'
+    assert s['release'].params['models'] == 'runs/quick/models'                        # quick never touches the shipped model
     assert s['shortcut'].params['label_adult'] == 'chosen on validation: adult-all'
     assert s['shortcut'].params['runs_adult'] == 'runs/quick/shortcut/adult-all/resnet18-seed*/best.pt'
-    assert all(x.output.startswith('reports/quick/') for x in s.values() if x.output)     # never the full profile's reports
+    assert all(x.output.startswith('reports/quick/') for x in s.values() if x.output and x.kind != 'release')  # never the full profile's
+    assert s['release'].output == 'runs/quick/models/covidnext.onnx'                    # ... nor the shipped model
 
 
 def test_full_and_cpu_profiles():
@@ -66,7 +78,7 @@ def test_full_and_cpu_profiles():
     assert trains == [f'train {a} seed {s}' for s in (0, 1, 2) for a in ('covidnext50', 'resnext50_32x4d', 'resnet18', 'covidnext50-frozen')]
     fr = full['train covidnext50-frozen seed 2']
     assert fr.params == dict(arch='covidnext50', name='covidnext50-frozen', freeze_backbone=True, seed=2, runs='runs',
-                             split_csv='out/covidx-v1/split.csv', sources='S', epochs=30, size=224)
+                             split_csv='out/covidx-v1/split.csv', sources='S', epochs=30, size=224, test_log=True)
     assert fr.output == 'reports/11_train_covidnext50-frozen_seed2.ipynb'
     assert full['evaluate covidnext50-frozen seed 2'].params['checkpoint'] == 'runs/covidnext50-frozen-seed2/best.pt'
     assert full['split covidx-v1-adult-covid'].params['more_covid'] is True            # a plus setting is screened
@@ -76,10 +88,11 @@ def test_full_and_cpu_profiles():
     assert full['resnet18 plus-equalize seed 0'].params['split_csv'] == 'out/covidx-v1-adult-covid/split.csv'
     assert full['resnet18 v1-all seed 0'].params['split_csv'] == 'out/covidx-v1/split.csv'
     assert [n for n in full if n.startswith('resnet18 adult seed')] == ['resnet18 adult seed 0', 'resnet18 adult seed 1', 'resnet18 adult seed 2']
-    cpu = by_name(plan(load_profile('cpu'), sources='S'))
+    cpu = by_name(plan(load_profile('cpu'), sources='S'), 'adult-equalize')
     assert [n for n in cpu if n.startswith('train ')] == ['train resnet18 seed 0', 'train resnet18 seed 1', 'train resnet18 seed 2']
     assert cpu['train resnet18 seed 2'].params == dict(arch='resnet18', seed=2, runs='runs/cpu', split_csv='out/covidx-v1/split.csv',
-                                                             sources='S', epochs=8, size=64, ema=0.99)
+                                                             sources='S', epochs=8, size=64, ema=0.99, test_log=True)
+    assert full['release'].params['models'] == cpu['release'].params['models'] == 'models'     # the shipped model
 
 
 def test_flags_replace_the_profile():
@@ -87,8 +100,10 @@ def test_flags_replace_the_profile():
     s = by_name(plan(p, sources='S', dataset=False, out='o'), 'plus')
     assert 'dataset' not in s and s['train covidnext50-frozen seed 3'].after == ()
     assert s['train resnet18 seed 3'].params['epochs'] == 2 and s['train resnet18 seed 3'].params['split_csv'] == 'o/covidx-v1/split.csv'
-    assert [n for n in s if n.startswith('split')] == ['split covidx-v1-adult', 'split covidx-v1-adult-covid']
-    assert names(plan(p, sources='S', dataset=False)[-1].then('plus')) == ['shortcut', 'html']   # one seed: nothing more to train
+    assert [n for n in s if n.startswith('split')] == ['split covidx-v1-adult', 'split covidx-v1-adult-covid', 'split covidx-v1-public']
+    assert names(plan(p, sources='S', dataset=False)[-1].then('plus')) == ['shortcut', 'resnet18 public seed 3', 'external',
+                                                                           'release', 'html']   # one seed: nothing more to train
+    assert names(plan(p, sources='S', dataset=False, external=False)[-1].then('plus')) == ['shortcut', 'html']
     # no variant: no comparison; the shortcut step trains its own COVIDx-v1 reference, as the setting v1
     s = by_name(plan(load_profile('quick', archs=[]), sources='S'), 'adult')
     assert 'compare' not in s and s['split covidx-v1-adult'].after == ('dataset',)
@@ -106,7 +121,7 @@ def test_plan_from_one_adult_cache():
     evaluation leave the adult films out (drop_sources=radiography), the age-shortcut step screens its settings on the
     same cache; a `plus` setting trains from the covidx-v1-adult-covid cache (--plus-cache)."""
     p = load_profile('quick', archs=['resnet18'], seeds=[0, 1], mitigations=['adult', 'v1-equalize', 'plus'])
-    steps = plan(p, sources='no-sources', dataset=False, adult_cache='c/adult-32', plus_cache='c/plus-32')
+    steps = plan(p, sources='no-sources', dataset=False, adult_cache='c/adult-32', plus_cache='c/plus-32', public_cache='c/public-32')
     s = by_name(steps, 'plus')
     ref = s['train resnet18 seed 0'].params
     assert ref['drop_sources'] == 'radiography' and ref['cache'] == 'c/adult-32' and 'sources' not in ref
@@ -125,9 +140,10 @@ def test_plan_from_one_adult_cache():
                                              cache='c/adult-32', out='reports/quick')
     assert all(s[f'resnet18 {m} seed 0'].html == (f'reports/quick/11_train_shortcut_{m}_resnet18_seed0.ipynb',)
                for m in ('adult', 'v1-equalize', 'plus'))
-    assert s['html'].params == dict(reports='reports/quick/1[34]_*.ipynb')               # the comparison and 14_shortcut
+    assert s['html'].params == dict(reports='reports/quick/1[345]_*.ipynb')              # the comparison, 14_shortcut, 15_external
+    assert s['resnet18 public seed 0'].params['cache'] == s['external'].params['cache'] == s['release'].params['cache'] == 'c/public-32'
     ran, log = stand_in(steps, 'plus', parallel=2)
-    assert names(ran)[-4:] == ['screen', 'resnet18 plus seed 1', 'shortcut', 'html']
+    assert names(ran)[-3:] == ['external', 'release', 'html'] and names(ran).index('screen') < names(ran).index('resnet18 plus seed 1')
 
 
 def test_resume_where_the_reports_are_kept_but_not_the_checkpoints():
@@ -158,7 +174,7 @@ def test_plan_from_the_plus_cache_alone():
     """One covidx-v1-adult-covid cache serves every step: without its added films (cohen-unlisted) it is
     covidx-v1-adult, without the adult films as well COVIDx-v1 (tests/test_shortcut.py checks both on a real cache)."""
     p = load_profile('quick', archs=['resnet18'], seeds=[0], mitigations=['adult', 'plus'])
-    s = by_name(plan(p, sources='no-sources', dataset=False, plus_cache='c/plus-32'), 'adult')
+    s = by_name(plan(p, sources='no-sources', dataset=False, plus_cache='c/plus-32', public_cache='c/public-32'), 'adult')
     assert (s['train resnet18 seed 0'].params['drop_sources'], s['resnet18 adult seed 0'].params['drop_sources'],
             s['resnet18 plus seed 0'].params.get('drop_sources', '')) == ('radiography,cohen-unlisted', 'cohen-unlisted', '')
     assert s['evaluate resnet18 seed 0'].params['drop_sources'] == 'radiography,cohen-unlisted'
@@ -217,10 +233,10 @@ def test_default_parallel_follows_profile_and_gpu_memory(tmp_path, profile, gib,
 def test_quick_profile_writes_every_report(quick_study):
     rq = quick_study / 'reports' / 'quick'
     for name in ('11_train_resnet18_seed0', '11_train_resnet18_seed1', '12_evaluate_resnet18_seed0',
-                 '12_evaluate_resnet18_seed1', '13_compare_covidnet', '14_shortcut'):
+                 '12_evaluate_resnet18_seed1', '13_compare_covidnet', '14_shortcut', '15_external'):
         assert (rq / f'{name}.ipynb').is_file() and (rq / f'{name}.html').is_file(), name
     assert (rq / '10_dataset.ipynb').is_file() and (rq / '10_dataset.html').is_file()
-    assert not list((quick_study / 'reports').glob('1[0-4]_*'))          # quick never writes the full profile's reports
+    assert not list((quick_study / 'reports').glob('1[0-5]_*'))          # quick never writes the full profile's reports
     for seed in (0, 1):                                                 # each run's logs beside its reports
         logs, run = rq / 'training_logs' / f'resnet18-seed{seed}', quick_study / 'runs' / 'quick' / f'resnet18-seed{seed}'
         assert (logs / 'summary.json').read_text() == (run / 'summary.json').read_text()
@@ -258,6 +274,38 @@ def test_quick_study_shortcut_step(quick_study):
     assert json.loads((quick_study / 'runs' / 'quick' / 'shortcut' / 'adult-all' / 'resnet18-seed0' / 'config.json').read_text())['harmonize'] == 'equalize'
 
 
+def test_quick_study_external_step_and_release(quick_study, monkeypatch):
+    """15_external scores every training set on the four test sets of covidx-v1-public, and the release exports the public
+    run validation picks to the quick profile's own models folder with its card; released again, nothing changes."""
+    from covidnext.core import file_hash
+    from covidnext.release import model_card, release
+    rq, models = quick_study / 'reports' / 'quick', quick_study / 'runs' / 'quick' / 'models'
+    e = json.loads((rq / '15_external.json').read_text())
+    labels = e['params']['labels']
+    assert list(e['ensembles']) == [f'{l}, 2-seed ensemble' for l in labels] and len(e['models']) == 6
+    for r in e['ensembles'].values():
+        assert (r['test']['n'], r['test_adult']['n'], r['test_external']['n'], r['test_external_neg']['n']) == (639, 100, 955, 46)
+        assert r['covid_vs_normals']['n_pos'] == 955 and r['covid_vs_normals']['n_neg'] == 100
+    assert e['in_collection'] and all(k.startswith(labels[2]) for k in e['in_collection'])    # the public rows only
+    assert len(e['targets']) == 4 and e['headline'] == 'resnet18' and set(e['paired_test']) == {labels[0], labels[2]}
+    assert {b['films'] for b in e['borders']} >= {'Cohen COVID-19'} and len(e['probe']) == 4
+    assert (rq / '15_external.html').is_file() and (rq / '15_external_gradcam.png').is_file()
+    chosen = json.loads((rq / '14_screen.json').read_text())['chosen']
+    pub = 'public' + ('-' + chosen.partition('-')[2] if '-' in chosen else '')
+    params = json.loads((rq / '15_external.ipynb').read_text())['metadata']['papermill']['parameters']
+    assert params['runs_public'] == f'runs/quick/{pub}/resnet18-seed*/best.pt' and params['split_csv'] == 'out/covidx-v1-public/split.csv'
+    rel = json.loads((rq / 'release.json').read_text())
+    assert rel['checkpoint'].startswith(f'runs/quick/{pub}/') and rel['profile'] == 'quick'
+    assert rel['sha256'] == file_hash(models / 'covidnext.onnx') and rel['parity']['n'] == 639 and rel['parity']['same_class'] >= 0.995
+    assert rel['size_bytes'] <= 25_000_000 and not (quick_study / 'models').exists()      # quick never touches the shipped model
+    monkeypatch.chdir(quick_study)
+    assert (models / 'README.md').read_text() == model_card('reports/quick')
+    mtime = (models / 'covidnext.onnx').stat().st_mtime_ns
+    assert 'unchanged' in release(f'runs/quick/{pub}/resnet18-seed*/best.pt', 'reports/quick', 'runs/quick/models', 'quick',
+                                  'out/covidx-v1-public/split.csv')
+    assert (models / 'covidnext.onnx').stat().st_mtime_ns == mtime
+
+
 def _check_table(reports: Path):
     "The comparison JSON agrees with the evaluation JSONs it was made from."
     from covidnext.study import compare_runs
@@ -283,6 +331,38 @@ def cmp_boot(reports: Path) -> int:
 
 def test_comparison_equals_evaluation_outputs_quick(quick_study):
     _check_table(quick_study / 'reports' / 'quick')
+
+
+def _check_seed_protocol(reports: Path, runs: Path, cache: Path):
+    """13_compare_covidnet's `seed_protocol`: a row for every variant and run, and at the chosen epoch the test log's
+    macro-F1 is 12_evaluate's, on the test films the run scored (a run trained on a `subset` scored only its own)."""
+    import numpy as np
+    import pandas as pd
+    from covidnext.cache import Cache
+    from covidnext.core import CLASSES
+    from covidnext.metrics import classification_metrics
+    from covidnext.train import TrainConfig, usable_rows
+    cmp = json.loads((reports / '13_compare_covidnet.json').read_text())
+    sp = cmp['seed_protocol']
+    assert [v['arch'] for v in sp['variants']] == [v['arch'] for v in cmp['variants']]
+    assert [(r['arch'], r['seed']) for r in sp['runs']] == [(v['arch'], s) for v in cmp['variants'] for s in v['seeds']]
+    c = Cache(cache)
+    for r in sp['runs']:
+        cfg = TrainConfig.from_dict(json.loads((runs / f"{r['arch']}-seed{r['seed']}" / 'config.json').read_text()))
+        rows = usable_rows(c, cfg)
+        films = set(c.table.path.values[rows[c.table.split.values[rows] == 'test']])
+        pred = pd.read_csv(reports / f"12_evaluate_{r['arch']}_seed{r['seed']}" / 'test_predictions.csv')
+        pred = pred[pred.path.isin(films)]
+        assert len(pred) == len(films) > 0
+        m = classification_metrics(np.array([CLASSES.index(x) for x in pred.label]), pred[[f'prob_{k}' for k in CLASSES]].to_numpy(), CLASSES)
+        assert abs(r['chosen_macro_f1'] - m['macro_f1']) < 1e-6 and abs(r['chosen_accuracy'] - m['accuracy']) < 1e-6, r
+        if cfg.subset == 0: assert abs(r['chosen_macro_f1'] - r['evaluated_macro_f1']) < 1e-6, r    # every test film: the same number
+        assert r['test_best_macro_f1'] >= r['chosen_macro_f1'] and r['gain_macro_f1_pts'] >= 0
+
+
+def test_seed_protocol_quick(quick_study):
+    _check_seed_protocol(quick_study / 'reports' / 'quick', quick_study / 'runs' / 'quick',
+                         next((quick_study / '.cache').glob('covidx-v1-32-squash-*')))
 
 
 def test_resume_picks_up_a_stopped_study(quick_study, tmp_path):
