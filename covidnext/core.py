@@ -11,7 +11,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['CLASSES', 'CLASS_TITLES', 'LABELS', 'DataError', 'sources_dir', 'file_hash', 'atomic_write', 'DeviceError',
-           'resolve_device', 'jsonable', 'cli_parser', 'dashed_args', 'call_cli']
+           'resolve_device', 'jsonable', 'pct', 'cli_parser', 'dashed_args', 'call_cli']
 
 # %% ../nbs/00_core.ipynb #58da93df
 CLASSES = ('normal', 'bacteria', 'viral', 'COVID-19')  # COVIDx labels, in model-output order
@@ -91,6 +91,12 @@ def jsonable(o # a result: dicts, lists and tuples of numbers, arrays, paths, st
     if isinstance(o, (int, np.integer)): return int(o)
     if isinstance(o, (float, np.floating)): return float(o) if math.isfinite(o) else None
     return o
+
+# %% ../nbs/00_core.ipynb #2820b9f4
+def pct(v # a rate in [0, 1], or None or NaN where there is none
+       ) -> str:
+    "`v` as a percentage with one decimal, or '–' where it is missing."
+    return '–' if v is None or np.isnan(v) else f'{100 * v:.1f}'
 
 # %% ../nbs/00_core.ipynb #ce4f8bd7
 import argparse, copy, functools, inspect, sys

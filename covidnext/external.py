@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import CLASSES, jsonable
+from .core import CLASSES, jsonable, pct
 from .metrics import clopper_pearson, paired_difference, patient_codes, patient_draws, percentile_ci, weighted_auc
 from .study import ensemble, mean_predictions
 from .shortcut import probe_models
@@ -78,9 +78,8 @@ def external_row(preds:dict, # {split: per-image predictions} of the four splits
                                            lambda p: f"{int((p == 'COVID-19').sum())}/{len(p)}").to_dict()))
 
 # %% ../nbs/18_external.ipynb #aedc1a5e
-def _pct(v): return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:.1f}'
-def _ci(d): return f"{_pct(d['value'])} [{_pct(d['low'])}, {_pct(d['high'])}]"
-def _rate(d): return f"{d['called']}/{d['n']} = {_pct(d['rate'])} [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]"
+def _ci(d): return f"{pct(d['value'])} [{pct(d['low'])}, {pct(d['high'])}]"
+def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
 
 def external_markdown(rows:dict, # {row label: `external_row`'s dict}
                       in_collection=() # labels of rows trained on test_external's collection
@@ -94,8 +93,8 @@ def external_markdown(rows:dict, # {row label: `external_row`'s dict}
         tag = ' (in-collection)' if name in in_collection else ''
         L.append(f"| {name} | {_ci(r['test']['accuracy'])} | {_ci(r['test']['macro_f1'])} | {r['test']['covid']['called']}/"
                  f"{r['test']['covid']['n']} | {_rate(r['test_adult'])} | {_rate(r['test_external'])}{tag} | "
-                 f"{_pct(c['sensitivity']['rate'])} | {_pct(c['specificity']['rate'])} [{_pct(c['specificity']['ci_low'])}, "
-                 f"{_pct(c['specificity']['ci_high'])}] | {_ci(c['auroc'])} | {_rate(r['test_external_neg'])} |")
+                 f"{pct(c['sensitivity']['rate'])} | {pct(c['specificity']['rate'])} [{pct(c['specificity']['ci_low'])}, "
+                 f"{pct(c['specificity']['ci_high'])}] | {_ci(c['auroc'])} | {_rate(r['test_external_neg'])} |")
     return '\n'.join(L) + '\n'
 
 # %% ../nbs/18_external.ipynb #db932051
@@ -120,15 +119,15 @@ def external_targets(row:dict, # the public model's `external_row`
                     ) -> list:
     "[dict(target, value, met)] of the public model against the issue's four targets."
     e, a, n = row['test_external'], row['test_adult'], row['test_external_neg']
-    out = [dict(target=f'test_external COVID-19 found >= {_pct(min_found)} %', value=_rate(e), met=bool(e['rate'] >= min_found)),
-           dict(target=f'test_adult normals called COVID-19 <= {_pct(max_adult)} %', value=_rate(a), met=bool(a['rate'] <= max_adult)),
-           dict(target=f'test_external_neg called COVID-19 <= {_pct(max_neg)} % ({n["n"]} films: the interval is wide)',
+    out = [dict(target=f'test_external COVID-19 found >= {pct(min_found)} %', value=_rate(e), met=bool(e['rate'] >= min_found)),
+           dict(target=f'test_adult normals called COVID-19 <= {pct(max_adult)} %', value=_rate(a), met=bool(a['rate'] <= max_adult)),
+           dict(target=f'test_external_neg called COVID-19 <= {pct(max_neg)} % ({n["n"]} films: the interval is wide)',
                 value=_rate(n), met=bool(n['rate'] <= max_neg))]
     if paired:
         d = paired['macro_f1']
         out.append(dict(target='COVIDx-v1 test macro-F1 no lower than the headline within the paired 95 % interval',
-                        value=f"{_pct(d['value'])} against {_pct(d['reference'])}: {_pct(d['difference'])} "
-                              f"[{_pct(d['low'])}, {_pct(d['high'])}]", met=bool(d['high'] >= 0)))
+                        value=f"{pct(d['value'])} against {pct(d['reference'])}: {pct(d['difference'])} "
+                              f"[{pct(d['low'])}, {pct(d['high'])}]", met=bool(d['high'] >= 0)))
     return out
 
 # %% ../nbs/18_external.ipynb #85087ef2

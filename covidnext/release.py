@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import CLASSES, atomic_write, file_hash, jsonable
+from .core import CLASSES, atomic_write, file_hash, jsonable, pct
 from .checkpoint import load_checkpoint
 from .evaluate import split_cache
 from .infer import NOTICE, OnnxPredictor
@@ -136,13 +136,12 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
     return what
 
 # %% ../nbs/19_release.ipynb #4696235f
-def _pct(v): return '–' if v is None else f'{100 * v:.1f}'
 def _read(p):
     p = Path(p)
     if not p.is_file(): raise FileNotFoundError(f"{p}: not found; the model card is written from the study's reports (covidnext-study)")
     return json.loads(p.read_text())
 
-def _rate(d): return f"{d['called']}/{d['n']} = {_pct(d['rate'])} % [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}]"
+def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} % [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
 
 def model_card(reports # the study's reports folder: release.json, 15_external.json, and 14_shortcut.json, 13_compare_covidnet.json where there
               ) -> str: # the card, markdown
@@ -169,9 +168,9 @@ def model_card(reports # the study's reports folder: release.json, 15_external.j
           f"| input | one grayscale chest X-ray (PNG, JPEG or DICOM), fitted to {prep}; uint8 [batch, 1, {rel['size']}, {rel['size']}] |",
           "| outputs | `probs`: class probabilities [batch, 4]; `cam`: class activation maps (`covidnext-predict --explain`) |",
           f"| training | `covidx-v1-public`, seed {rel['seed']}, epoch {rel['epoch']} of {rel['epochs']} chosen on validation "
-          f"(macro-F1 {_pct(rel['val']['macro_f1'])} %), picked among {len(rel['candidates'])} seeds by validation macro-F1; "
+          f"(macro-F1 {pct(rel['val']['macro_f1'])} %), picked among {len(rel['candidates'])} seeds by validation macro-F1; "
           f"harmonize={rel['harmonize']}, source_aug={rel['source_aug']} |",
-          f"| parity | the ONNX model and the PyTorch checkpoint give the same class on {_pct(rel['parity']['same_class'])} % of "
+          f"| parity | the ONNX model and the PyTorch checkpoint give the same class on {pct(rel['parity']['same_class'])} % of "
           f"{rel['parity']['n']} COVIDx-v1 {rel['parity']['split']} films; probabilities within {rel['parity']['max_abs_diff']:.1g} |",
           f"| released | {rel['released']}, commit {rel['commit']}, profile `{rel['profile']}` |", '']
     L += ['## Intended use', '',
@@ -202,26 +201,26 @@ def model_card(reports # the study's reports folder: release.json, 15_external.j
         if ext.get('paired_test', {}).get(pub_label):
             d = ext['paired_test'][pub_label]['macro_f1']
             L += ['', f"The public seed ensemble minus the headline on the same 639 films (paired patient bootstrap): macro-F1 "
-                  f"{_pct(d['difference'])} points [{_pct(d['low'])}, {_pct(d['high'])}]."]
+                  f"{pct(d['difference'])} points [{pct(d['low'])}, {pct(d['high'])}]."]
     L += ['', '## Known shortcuts, and what was done', '']
     if sc:
         v = list(sc['variants'].items())
         f0, f1 = v[0][1]['ensemble']['false_covid'], v[-1][1]['ensemble']['false_covid']
         L.append(f"- **Age.** In COVIDx-v1 every normal film is a child's. Models trained on it called {f0['covid']}/{f0['n']} held-out "
-                 f"adult normals COVID-19 ({_pct(f0['rate'])} % [{_pct(f0['ci_low'])}, {_pct(f0['ci_high'])}]); with adult normals in "
-                 f"training ({v[-1][0]}) {f1['covid']}/{f1['n']} ({_pct(f1['rate'])} % [{_pct(f1['ci_low'])}, {_pct(f1['ci_high'])}]) "
+                 f"adult normals COVID-19 ({pct(f0['rate'])} % [{pct(f0['ci_low'])}, {pct(f0['ci_high'])}]); with adult normals in "
+                 f"training ({v[-1][0]}) {f1['covid']}/{f1['n']} ({pct(f1['rate'])} % [{pct(f1['ci_low'])}, {pct(f1['ci_high'])}]) "
                  "(`14_shortcut`). The released model trains with the same adult normals and setting.")
     pr = {k: p['balanced_accuracy'] for k, p in ext['probe'].items()}
     L.append("- **Hospital.** A linear probe tells Cohen's COVID-19 films from the new collection's by the penultimate "
-             "features with balanced accuracy " + ', '.join(f"{_pct(b)} % ({k})" for k, b in pr.items()) + ' (chance 50 %). '
+             "features with balanced accuracy " + ', '.join(f"{pct(b)} % ({k})" for k, b in pr.items()) + ' (chance 50 %). '
              f"The released model's training set holds COVID-19 films from new hospitals but normals from RSNA and "
              f"Kermany only, so \"an adult film from elsewhere\" can mean COVID-19 to it: Cohen's films without COVID-19 "
              f"(`test_external_neg`) called COVID-19 by its seed ensemble: {_rate(ext['ensembles'][ext['public']]['test_external_neg'])}.")
     b = [r for r in ext['borders'] if r['model'] == pub_label]
     if b:
         L.append("- **Text and markers.** Share of the Grad-CAM mass in the films' outer band (an even map: "
-                 f"{_pct(b[0]['band_area'])} %), released training set's first seed: " +
-                 ', '.join(f"{r['films']} {_pct(r['border_share'])} %" for r in b) + '.')
+                 f"{pct(b[0]['band_area'])} %), released training set's first seed: " +
+                 ', '.join(f"{r['films']} {pct(r['border_share'])} %" for r in b) + '.')
     L += ['', '## Use', '', '```', 'covidnext-predict film.png            # the shipped model; no torch needed',
           'covidnext-predict film.dcm --explain maps/', '```', '',
           'In Python: `from covidnext.infer import OnnxPredictor; OnnxPredictor.default().predict_df(["film.png"])`.', '']

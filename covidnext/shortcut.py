@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fastcore.script import Param
-from .core import CLASSES, CLASS_TITLES, DataError, call_cli, jsonable
+from .core import CLASSES, CLASS_TITLES, DataError, call_cli, jsonable, pct
 from .checkpoint import bare_model, load_checkpoint
 from .metrics import clopper_pearson, metric_ci, paired_change, paired_difference
 from .evaluate import evaluate_checkpoint, split_cache
@@ -201,8 +201,6 @@ def compare_shortcut(variants:dict, # {training-set label: `evaluate_runs`'s res
     return jsonable(dict(variants=summ, paired_covid_calls=paired, n_boot=n_boot, seed=seed)), ens
 
 # %% ../nbs/13_shortcut.ipynb #6ad84515
-def _pct(v): return '–' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:.1f}'
-
 def shortcut_markdown(summary:dict # `compare_shortcut`'s summary
                      ) -> str:
     "One row per training set: adult normals called COVID-19 and normal, and COVIDx-v1 test metrics (ensembles)."
@@ -210,11 +208,11 @@ def shortcut_markdown(summary:dict # `compare_shortcut`'s summary
          'COVIDx-v1 test accuracy | macro-F1 | COVID-19 sensitivity |', '|---|---|---|---|---|---|---|---|']
     for name, v in summary['variants'].items():
         e, fc = v['ensemble'], v['ensemble']['false_covid']
-        ci = lambda m: f"{_pct(m['value'])} [{_pct(m['low'])}, {_pct(m['high'])}]"
-        per = ', '.join(_pct(m['false_covid']['rate']) for m in v['models'])
-        L.append(f"| {name} | {v['n_models']} ({', '.join(v['archs'])}) | {fc['covid']}/{fc['n']} = {_pct(fc['rate'])} "
-                 f"[{_pct(fc['ci_low'])}, {_pct(fc['ci_high'])}] | {fc['normal']}/{fc['n']} = {_pct(fc['normal_rate'])} "
-                 f"[{_pct(fc['normal_ci_low'])}, {_pct(fc['normal_ci_high'])}] | {per} | {ci(e['test']['accuracy'])} | "
+        ci = lambda m: f"{pct(m['value'])} [{pct(m['low'])}, {pct(m['high'])}]"
+        per = ', '.join(pct(m['false_covid']['rate']) for m in v['models'])
+        L.append(f"| {name} | {v['n_models']} ({', '.join(v['archs'])}) | {fc['covid']}/{fc['n']} = {pct(fc['rate'])} "
+                 f"[{pct(fc['ci_low'])}, {pct(fc['ci_high'])}] | {fc['normal']}/{fc['n']} = {pct(fc['normal_rate'])} "
+                 f"[{pct(fc['normal_ci_low'])}, {pct(fc['normal_ci_high'])}] | {per} | {ci(e['test']['accuracy'])} | "
                  f"{ci(e['test']['macro_f1'])} | {ci(e['test']['sensitivity_COVID-19'])} |")
     for other, p in summary.get('paired_covid_calls', {}).items():
         L += ['', f"Paired on the same adult films (ensembles): called COVID-19 by {p['reference']} only: {p['only_a']}, "
@@ -281,13 +279,13 @@ def shortcut_targets(summary:dict, # `compare_shortcut`'s summary
     cov = t[t.label == 'COVID-19']
     found = int((cov.pred == 'COVID-19').sum())
     d = paired_difference(ens[reference]['test'], t, 'macro_f1', n_boot=n_boot, seed=seed)
-    return [dict(target=f'held-out adult normals called COVID-19 <= {_pct(max_false_covid)} %', met=bool(fc['rate'] <= max_false_covid),
-                 value=f"{fc['covid']}/{fc['n']} = {_pct(fc['rate'])} % (95 % CI {_pct(fc['ci_low'])}-{_pct(fc['ci_high'])})",
+    return [dict(target=f'held-out adult normals called COVID-19 <= {pct(max_false_covid)} %', met=bool(fc['rate'] <= max_false_covid),
+                 value=f"{fc['covid']}/{fc['n']} = {pct(fc['rate'])} % (95 % CI {pct(fc['ci_low'])}-{pct(fc['ci_high'])})",
                  rate=fc['rate'], ci_high=fc['ci_high'], upper_bound_met=bool(fc['ci_high'] <= max_false_covid)),
             dict(target=f'COVIDx-v1 test COVID-19 films found >= {min_covid_found}/{len(cov)}', met=found >= min_covid_found,
                  value=f'{found}/{len(cov)}', found=found, total=int(len(cov))),
             dict(target=f'COVIDx-v1 test macro-F1 no lower than {reference} within the 95 % interval', met=bool(d['high'] >= 0),
-                 value=f"{_pct(d['value'])} against {_pct(d['reference'])}: {_pct(d['difference'])} (95 % CI {_pct(d['low'])} to {_pct(d['high'])})",
+                 value=f"{pct(d['value'])} against {pct(d['reference'])}: {pct(d['difference'])} (95 % CI {pct(d['low'])} to {pct(d['high'])})",
                  **{k: d[k] for k in ('difference', 'low', 'high', 'method')})]
 
 # %% ../nbs/13_shortcut.ipynb #e2db77f5

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CLASSES, DataError, jsonable
+from .core import CLASSES, DataError, jsonable, pct
 from .metrics import evaluate_probs, paired_difference
 
 # %% auto #0
@@ -142,7 +142,6 @@ def compare_runs(reports, # the folder of the evaluation reports (12_evaluate_<a
                          anchors=ANCHORS, covidnet_params=116_600_000))
 
 # %% ../nbs/12_study.ipynb #05925fd7
-def _pct(v): return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:.1f}'
 def _mp(p): return '–' if not p else f'{p / 1e6:.1f}M'
 
 def comparison_markdown(cmp:dict, # `compare_runs`'s result
@@ -154,15 +153,15 @@ def comparison_markdown(cmp:dict, # `compare_runs`'s result
     for a in cmp['anchors']:
         sens = a.get('sensitivity', {}).get('COVID-19')
         name = f"[{a['model']}]({a['url']})" if links is not None and a.get('url') else a['model']
-        L.append(f"| {name} | {_pct(a.get('accuracy'))} | {_pct(a.get('macro_f1'))} | {_pct(a.get('macro_precision'))} | "
-                 f"{_pct(a.get('macro_recall'))} | {_pct(sens)} | {_mp(a.get('params'))} | "
+        L.append(f"| {name} | {pct(a.get('accuracy'))} | {pct(a.get('macro_f1'))} | {pct(a.get('macro_precision'))} | "
+                 f"{pct(a.get('macro_recall'))} | {pct(sens)} | {_mp(a.get('params'))} | "
                  f"{a.get('gmacs') or '–'} |")
     for v in candidates(cmp):
         e, ci, m, sd = v['test_ensemble'], v['test_ensemble_ci'], v['test_mean'], v.get('test_sd') or {}
         def cell(k):
             c = ci.get(k) or {}
-            s = f"{_pct(e[k])} [{_pct(c.get('low'))}, {_pct(c.get('high'))}]"
-            return s + (f"<br>{_pct(m[k])} ± {_pct(sd.get(k))}" if sd else '')
+            s = f"{pct(e[k])} [{pct(c.get('low'))}, {pct(c.get('high'))}]"
+            return s + (f"<br>{pct(m[k])} ± {pct(sd.get(k))}" if sd else '')
         star = ' (headline, chosen on validation)' if v['arch'] == cmp['headline'] else ''
         cov = f"{v['covid_detected']}/{v['covid_total']}"
         what = (f"{v['arch']} ({' + '.join(v['members'])}), {v['n_seeds']}-run ensemble" if 'members' in v else
@@ -308,11 +307,11 @@ def seed_protocol_markdown(table:pd.DataFrame, # `seed_protocol_table`'s result
          'gain (accuracy / macro-F1) | best run and epoch on test | accuracy | macro-F1 | gain (accuracy / macro-F1) |',
          '|---|---|---|---|---|---|---|---|---|---|---|']
     for v in table.itertuples():
-        L.append(f"| {v.arch} | {v.seeds} | {_pct(v.chosen_accuracy)} | {_pct(v.chosen_macro_f1)} | {_pct(v.test_best_accuracy)} | "
-                 f"{_pct(v.test_best_macro_f1)} | {gain(v.gain_accuracy_pts, v.gain_macro_f1_pts)} | seed {v.best_seed}, epoch "
-                 f"{v.best_epoch} | {_pct(v.best_accuracy)} | {_pct(v.best_macro_f1)} | "
+        L.append(f"| {v.arch} | {v.seeds} | {pct(v.chosen_accuracy)} | {pct(v.chosen_macro_f1)} | {pct(v.test_best_accuracy)} | "
+                 f"{pct(v.test_best_macro_f1)} | {gain(v.gain_accuracy_pts, v.gain_macro_f1_pts)} | seed {v.best_seed}, epoch "
+                 f"{v.best_epoch} | {pct(v.best_accuracy)} | {pct(v.best_macro_f1)} | "
                  f"{gain(v.best_gain_accuracy_pts, v.best_gain_macro_f1_pts)} |")
     if anchor is not None:
-        L.append(f"| {anchor['model']} | – | – | – | – | – | – | its best checkpoint on test | {_pct(anchor.get('accuracy'))} | "
-                 f"{_pct(anchor.get('macro_f1'))} | – |")
+        L.append(f"| {anchor['model']} | – | – | – | – | – | – | its best checkpoint on test | {pct(anchor.get('accuracy'))} | "
+                 f"{pct(anchor.get('macro_f1'))} | – |")
     return '\n'.join(L) + '\n'
