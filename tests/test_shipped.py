@@ -1,6 +1,6 @@
 """The model that ships with the package, models/covidnext.onnx: `covidnext-predict` without `--checkpoint` predicts
 real PNG, JPEG and DICOM films with it and draws its maps, in a process that never imports torch, and a built wheel
-carries it as covidnext/models/covidnext.onnx. Skipped where the checkout has no models/covidnext.onnx."""
+carries it as covidnext/models/covidnext.onnx; the README's light install (no torch) is all prediction needs. Skipped where the checkout has no models/covidnext.onnx."""
 from __future__ import annotations
 import csv, os, shutil, subprocess, sys, zipfile
 from pathlib import Path
@@ -98,3 +98,45 @@ def test_model_card_and_release_record_match_the_model(monkeypatch):
     assert rel['size_bytes'] == MODEL.stat().st_size <= 25_000_000                       # at most 25 MB
     assert rel['parity']['n'] == 639 and rel['parity']['same_class'] >= 0.995 and rel['parity']['max_abs_diff'] <= 0.01
     assert (ROOT / 'models' / 'README.md').read_text() == model_card(reports)
+
+
+# Runs a script in which a top-level import fails unless it is the standard library, covidnext itself, or a
+# distribution the README's light install names (or one those require): a process that has just what that install has.
+LIGHT = r'''
+import re, sys
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+names, script = sys.argv[1], sys.argv[2]
+sys.argv = [sys.argv[0], *sys.argv[3:]]
+want, seen = set(names.split()), set()
+while want:
+    name = want.pop().lower().replace('_', '-')
+    if name in seen: continue
+    seen.add(name)
+    try: requires = distribution(name).requires or []
+    except PackageNotFoundError: continue                  # not installed here, e.g. required only on another platform
+    for req in requires:
+        if 'extra ==' not in req: want.add(re.match(r'[A-Za-z0-9_.-]+', req).group())
+owners = packages_distributions()
+class Light:
+    def find_spec(self, name, path=None, target=None):
+        dists = {d.lower().replace('_', '-') for d in owners.get(name, [])}
+        if path is None and dists and not dists & (seen | {'covidnext'}) and name not in sys.stdlib_module_names:
+            raise ImportError(f'{name} is not in the light install')
+sys.meta_path.insert(0, Light())
+exec(script)
+'''
+
+
+def test_the_light_install_in_the_readme_is_enough(films, tmp_path):
+    "The README's install for prediction alone (no torch) covers covidnext-predict, --explain and `predict_df`."
+    import re
+    line = re.search(r'`pip install --no-deps \. && pip install ([^`]+)`', ' '.join((ROOT / 'README.md').read_text().split()))
+    assert line, 'README.md: no light install line'
+    names = ' '.join(w.strip('"').split('<')[0].split('=')[0] for w in line.group(1).split())
+    script = ("from covidnext.infer import OnnxPredictor; "
+              f"df = OnnxPredictor.default().predict_df({[str(f) for f in films]!r}); "
+              "assert df.pred.notna().all(), df; " + WRAPPER)
+    r = subprocess.run([sys.executable, '-c', LIGHT, names, script, *map(str, films), '--explain', tmp_path / 'maps',
+                        '--out', tmp_path / 'preds.csv', '--no-progress'], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and 'no torch' in r.stderr, r.stderr[-3000:]
+    assert len(list((tmp_path / 'maps').glob('*_gradcam.png'))) == 3
