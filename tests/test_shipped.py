@@ -1,6 +1,7 @@
 """The model that ships with the package, models/covidnext.onnx: `covidnext-predict` without `--checkpoint` predicts
-real PNG, JPEG and DICOM films with it and draws its maps, in a process that never imports torch, and a built wheel
-carries it as covidnext/models/covidnext.onnx; the README's light install (no torch) is all prediction needs. Skipped where the checkout has no models/covidnext.onnx."""
+real PNG, JPEG and DICOM films with it and draws its maps, in a process that never imports torch; a built wheel carries
+it as covidnext/models/covidnext.onnx; the README's light install (no torch) is all that prediction needs. Skipped
+where the checkout has no models/covidnext.onnx."""
 from __future__ import annotations
 import csv, os, shutil, subprocess, sys, zipfile
 from pathlib import Path
