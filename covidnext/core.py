@@ -92,7 +92,7 @@ def jsonable(o # a result: dicts, lists and tuples of numbers, arrays, paths, st
     if isinstance(o, (float, np.floating)): return float(o) if math.isfinite(o) else None
     return o
 
-# %% ../nbs/00_core.ipynb #2820b9f4
+# %% ../nbs/00_core.ipynb #4e009bad
 def pct(v # a rate in [0, 1], or None or NaN where there is none
        ) -> str:
     "`v` as a percentage with one decimal, or '–' where it is missing."
