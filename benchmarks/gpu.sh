@@ -11,15 +11,17 @@
 #   profile     the same with --profile: torch.profiler over 2 epochs of fit (busiest ops, the host's waits per step)
 #   augment     benchmarks/augment_throughput.py: the source-breaking augmentation's JPEG step, on the device and the
 #               previous libjpeg one, alone and with a training step
-#   study       covidnext-study --time, the full profile from the cache (without the age-shortcut step unless SHORTCUT=1),
-#               stopped with SIGTERM after STUDY_LIMIT seconds (default 600, the target): the record then says "interrupted"
-#               and its seconds
+#   study       covidnext-study --time, the full profile from the cache (without the age-shortcut step unless SHORTCUT=1;
+#               with it, the external steps train and score from PUBLIC_CACHE), stopped with SIGTERM after STUDY_LIMIT
+#               seconds (default 600, the target): the record then says "interrupted" and its seconds
 # Environment:
 #   CACHE          a built cache (covidnext-cache), 224 px (required)
 #   SEED_SOURCES   a folder with (part of) the sources for (a) (see train_throughput.py --pack-sources)
 #   DROP_SOURCES   what to leave out of the cache for COVIDx-v1: none for a covidx-v1 cache (the default),
 #                  radiography for covidx-v1-adult, radiography,cohen-unlisted for covidx-v1-adult-covid; the study
 #                  then gets the cache as --cache, --adult-cache or --plus-cache (covidnext-study --help)
+#   PUBLIC_CACHE   with SHORTCUT=1, a 224 px cache of covidx-v1-public for the public runs and 15_external (else the
+#                  study builds that split from the sources)
 #   PYTHON         the python that has torch and covidnext (default: .venv/bin/python, else python3)
 #   REV            the code's revision, for the file names and the study's record (default: git rev-parse --short
 #                  HEAD; set it where the checkout's copy has no git history, or a stale one)
@@ -40,6 +42,7 @@ case "${DROP_SOURCES:-}" in
   *) echo "gpu.sh: DROP_SOURCES=$DROP_SOURCES: none, radiography or radiography,cohen-unlisted (see covidnext-study --help)" >&2; exit 2 ;;
 esac
 shortcut=(--no-shortcut); [ "${SHORTCUT:-0}" = 0 ] || shortcut=()
+[ -z "${PUBLIC_CACHE:-}" ] || [ "${SHORTCUT:-0}" = 0 ] || shortcut=(--public-cache "$PUBLIC_CACHE")
 for stage in ${STAGES:-throughput profile augment study}; do
   echo "== $stage ($(date -u +%H:%M:%S) UTC)"
   case $stage in

@@ -229,9 +229,14 @@ def build_step(self:Study, name:str, # the split's name (its folder under `out`)
 
 # %% ../nbs/17_run.ipynb #b9225bd8
 @patch
-def shortcut_steps(self:Study, after:tuple # the steps it waits for
+def shortcut_steps(self:Study, after:tuple, # the steps the split builds wait for (the dataset report)
+                   v1:dict=None, # {seed: the plan's step that trains the variants' run of the shortcut arch}, the COVIDx-v1 reference
+                   compare:tuple=() # the comparison step, whose headline 15_external reads and whose report the last HTML renders
                   ) -> list:
-    "The age-shortcut step up to the screen: the split builds, the reference runs where needed, each setting's first seed, the screen."
+    """The age-shortcut step up to the screen: the split builds, the reference runs where needed, each setting's first
+    seed, the screen. Each step waits only for what it reads, so on a GPU these runs fill the slots that the variants'
+    last runs leave free."""
+    v1 = v1 or {}
     sa, seeds, ms = self.profile['shortcut_arch'], self.profile['seeds'], self.profile['mitigations']
     if bad := [m for m in ms if mitigation(m)[0] == 'public']:
         raise ValueError(f"{', '.join(bad)}: public settings are not screened (their validation split differs); the public runs follow the screen's choice")
@@ -252,15 +257,18 @@ def shortcut_steps(self:Study, after:tuple # the steps it waits for
         cand[m] = f'{self.runs}/shortcut/{m}/{sa}-seed{seeds[0]}/best.pt'
     c, out = self.adult_from()[0], f'{self.reports}/14_screen.json'
     data = dict(cache=c) if c else dict(sources=self.sources)
-    screen = Step('screen', 'screen', output=out, after=tuple(t.name for t in trains.values()) or wait,
-                  params=dict(candidates=cand, split_csv=self.split('covidx-v1-adult'), **data, out=out),
-                  then=lambda chosen: self.after_screen(chosen, v1runs))
+    refs = tuple(v1.values()) if own else ()       # the reference runs 14_shortcut and 15_external read, where the plan trains them
+    screen = Step('screen', 'screen', output=out, params=dict(candidates=cand, split_csv=self.split('covidx-v1-adult'), **data, out=out),
+                  after=tuple(t.name for t in trains.values()) + ((v1[seeds[0]],) if own and seeds[0] in v1 else ()) or wait,
+                  then=lambda chosen: self.after_screen(chosen, v1runs, refs, compare))
     return builds + list(trains.values()) + [screen]
 
 # %% ../nbs/17_run.ipynb #740512e8
 @patch
 def after_screen(self:Study, chosen:str, # the setting the screen chose
-                 v1runs:str # the folder of the COVIDx-v1 reference runs
+                 v1runs:str, # the folder of the COVIDx-v1 reference runs
+                 refs:tuple=(), # the steps that train those runs, where the plan has them
+                 compare:tuple=() # the comparison step, where the plan has one
                 ) -> list:
     "The steps after the screen: the chosen setting's other seeds, 14_shortcut, the external steps, and the last reports' HTML."
     sa, seeds, R = self.profile['shortcut_arch'], self.profile['seeds'], self.reports
@@ -269,11 +277,12 @@ def after_screen(self:Study, chosen:str, # the setting the screen chose
     pad = mitigation(chosen)[1].get('resize_mode') == 'pad'
     data = _split_data(self.split('covidx-v1-adult'), self.sources, None if pad else self.adult_from()[0])  # held-out splits: no added film
     report = Step('shortcut', 'notebook', self.nb('14_shortcut'), f'{R}/14_shortcut.ipynb',
-                  after=tuple(t.name for t in trains) or ('screen',),
+                  after=(tuple(t.name for t in trains) or ('screen',)) + tuple(refs),
                   params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': runs,
                           'label_adult': f'chosen on validation: {chosen}', 'screen': f'{R}/14_screen.json', **data, 'out': R})
-    ext = self.external_steps(chosen, v1runs, runs, tuple(t.name for t in trains) or ('screen',)) if self.external else []
-    return trains + [report, *ext, self.html_step((report.name, *(s.name for s in ext[-1:])))]
+    ext = (self.external_steps(chosen, v1runs, runs, (tuple(t.name for t in trains) or ('screen',)) + tuple(refs) + tuple(compare))
+           if self.external else [])
+    return trains + [report, *ext, self.html_step((report.name, *(s.name for s in ext[-1:]), *compare))]
 
 @patch
 def html_step(self:Study, after:tuple # the steps it waits for
@@ -286,7 +295,7 @@ def html_step(self:Study, after:tuple # the steps it waits for
 def external_steps(self:Study, chosen:str, # the setting the screen chose
                    v1runs:str, # the folder of the COVIDx-v1 reference runs
                    chosen_runs:str, # the chosen setting's checkpoints (a glob pattern)
-                   after:tuple # the steps it waits for besides its own runs: the chosen setting's seeds
+                   after:tuple # the steps it waits for besides its own runs: the chosen setting's seeds, the reference runs, the comparison
                   ) -> list:
     "The public runs (each seed), 15_external, and the release of the public model validation picks."
     sa, R, pub = self.profile['shortcut_arch'], self.reports, public_setting(chosen)
@@ -308,18 +317,21 @@ def external_steps(self:Study, chosen:str, # the setting the screen chose
 def plan(profile:dict, # `load_profile`'s dict
          **flags # the other fields of `Study`: sources, out, cache, adult_cache, plus_cache, dataset, shortcut, resume, exists
         ) -> list: # the steps in order, up to the screen, whose `then` gives the rest
-    "The study's steps: the dataset report, each seed's variants trained and evaluated, the comparison, the age-shortcut step."
+    """The study's steps: the dataset report, each seed's variants trained and evaluated, the comparison, the age-shortcut
+    step (which waits for the dataset report and the shortcut arch's runs among the variants, not for the comparison)."""
     st = Study(profile, **flags)
     steps = [Step('dataset', 'notebook', st.nb('10_dataset'), f'{st.reports}/10_dataset.ipynb', html=(f'{st.reports}/10_dataset.ipynb',),
                   params=dict(sources=st.sources, out=f'{st.out}/covidx-v1'))] if st.dataset else []
     first = tuple(s.name for s in steps)
-    runs = [x for seed in profile['seeds'] for arch in profile['archs'] for x in st.run_steps(arch, seed, first)]
+    per = {(arch, seed): st.run_steps(arch, seed, first) for seed in profile['seeds'] for arch in profile['archs']}
+    runs = [x for xs in per.values() for x in xs]
     steps += runs
     if profile['archs']:
         steps.append(Step('compare', 'notebook', st.nb('13_compare_covidnet'), f'{st.reports}/13_compare_covidnet.ipynb',
                           params=dict(reports=st.reports), after=tuple(s.name for s in runs)))
-    wait = (steps[-1].name,) if steps else ()
-    return steps + (st.shortcut_steps(wait) if st.shortcut else [st.html_step(wait)])
+    if not st.shortcut: return steps + [st.html_step((steps[-1].name,) if steps else ())]
+    v1 = {s: xs[0].name for (a, s), xs in per.items() if a == profile['shortcut_arch']}   # its train step, or its kept step
+    return steps + st.shortcut_steps(first, v1, ('compare',) if profile['archs'] else ())
 
 def plan_text(steps:list # a plan
              ) -> str:

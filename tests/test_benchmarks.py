@@ -202,6 +202,11 @@ def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'study', 'SHORTCUT': '1', 'DROP_SOURCES': ''}, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and log.read_text().split()[:7] == ['-m', 'covidnext.run', '--profile', 'full', '--no-dataset', '--cache', str(cache)]
+    log.unlink()                                   # the whole study: the external steps from the public cache
+    r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
+                       env={**env, 'STAGES': 'study', 'SHORTCUT': '1', 'DROP_SOURCES': 'radiography,cohen-unlisted', 'PUBLIC_CACHE': 'pub'},
+                       timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and log.read_text().split()[4:9] == ['--no-dataset', '--public-cache', 'pub', '--plus-cache', str(cache)]
     log.unlink()                                   # REV names the files where the copy has no (or a stale) git history
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'augment', 'REV': 'abc1234'}, timeout=60, cwd=tmp_path)
