@@ -20,7 +20,7 @@ from .study import comparison_markdown
 from .external import external_markdown
 
 # %% auto #0
-__all__ = ['choose_release', 'release_parity', 'onnx_meta', 'release', 'model_card']
+__all__ = ['choose_release', 'release_parity', 'onnx_meta', 'model_card', 'release']
 
 # %% ../nbs/19_release.ipynb #35dcfee1
 def choose_release(checkpoints # checkpoint paths or glob patterns (`covidnext.shortcut.resolve_checkpoints`)
@@ -57,11 +57,7 @@ def release_parity(onnx_path, # the exported .onnx file
     return dict(split=split, n=int(len(x)), same_class=float((a.argmax(1) == b.argmax(1)).mean()),
                 max_abs_diff=float(np.abs(a - b).max()))
 
-# %% ../nbs/19_release.ipynb #95f039ff
-def _git_rev() -> str:
-    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return 'unknown'
-
+# %% ../nbs/19_release.ipynb #ecfe4c29
 def onnx_meta(path # an .onnx file
              ) -> dict:
     "The metadata of an ONNX model (its metadata_props) as a dict."
@@ -77,13 +73,143 @@ def _set_meta(path, extra:dict):
     for k, v in [*keep, *((k, str(v)) for k, v in extra.items())]: m.metadata_props.add(key=k, value=v)
     atomic_write(path, m.SerializeToString())
 
+# %% ../nbs/19_release.ipynb #a075f82b
+def _git_rev() -> str:
+    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError): return 'unknown'
+
 def _counts(split_csv) -> dict:
     "Films per split, source and class of a split file."
     t = pd.read_csv(split_csv, usecols=['split', 'source', 'label'])
     return {s: {src: g.label.value_counts().reindex(CLASSES, fill_value=0).to_dict() for src, g in d.groupby('source')}
             for s, d in t.groupby('split')}
 
-# %% ../nbs/19_release.ipynb #8a0db494
+# %% ../nbs/19_release.ipynb #e1e556ca
+def _read(p):
+    p = Path(p)
+    if not p.is_file(): raise FileNotFoundError(f"{p}: not found; the model card is written from the study's reports (covidnext-study)")
+    return json.loads(p.read_text())
+
+def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} % [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
+
+# %% ../nbs/19_release.ipynb #54ec1e90
+def _card_head(R:Path, rel:dict, names:list) -> list:
+    "The card's title, notice, sources and (for a model not of the full profile) its CPU note, and the table of the model."
+    prep = f"{rel['size']} x {rel['size']} px ({rel['resize_mode']})" + (", histogram equalization inside the graph" if rel['harmonize'] == 'equalize' else '')
+    L = ['# covidnext: the shipped model', '',
+         f"> {NOTICE}", '',
+         f"Written by `covidnext.release.model_card` from {', '.join(f'`{R.as_posix()}/{n}`' for n in names)}; not by hand.", '']
+    if rel['profile'] != 'full':
+        L += [f"**This model was trained on a CPU** (the study's `{rel['profile']}` profile: {rel['arch']} at {rel['size']} px, "
+              f"{rel['epochs']} epoch{'s' * (rel['epochs'] != 1)}). It makes everything here work and shows what the study measures; a model of the GPU "
+              "study (`covidnext-study --profile full`) replaces it when one is run.", '']
+    return L + ['| | |', '|---|---|',
+          f"| file | `covidnext.onnx`, {rel['size_bytes'] / 2**20:.1f} MiB, sha256 `{rel['sha256']}` |",
+          f"| architecture | {rel['arch']}, {rel['params'] / 1e6:.1f}M parameters, trained from scratch; 4 classes: " + ', '.join(rel['classes']) + ' |',
+          f"| input | one grayscale chest X-ray (PNG, JPEG or DICOM), fitted to {prep}; uint8 [batch, 1, {rel['size']}, {rel['size']}] |",
+          "| outputs | `probs`: class probabilities [batch, 4]; `cam`: class activation maps (`covidnext-predict --explain`) |",
+          f"| training | `covidx-v1-public`, seed {rel['seed']}, epoch {rel['epoch']} of {rel['epochs']} chosen on validation "
+          f"(macro-F1 {pct(rel['val']['macro_f1'])} %), picked among {len(rel['candidates'])} seeds by validation macro-F1; "
+          f"harmonize={rel['harmonize']}, source_aug={rel['source_aug']} |",
+          f"| parity | the ONNX model and the PyTorch checkpoint give the same class on {pct(rel['parity']['same_class'])} % of "
+          f"{rel['parity']['n']} COVIDx-v1 {rel['parity']['split']} films; probabilities within {rel['parity']['max_abs_diff']:.1g} |",
+          f"| released | {rel['released']}, commit {rel['commit']}, profile `{rel['profile']}` |", '']
+
+# %% ../nbs/19_release.ipynb #02edf506
+def _card_use_and_data(rel:dict) -> list:
+    "The card's intended use (not for clinical use) and its table of training and validation films."
+    L = ['## Intended use', '',
+         '- Research and teaching: reproducing and probing COVID-19 chest X-ray classifiers, their shortcuts and their failures.',
+         '- **Not for clinical use**: not for diagnosis, triage or any decision about a person. It was never validated '
+         'prospectively or on the population of any hospital, and the shortcuts below are measured, not removed.', '']
+    td = rel['training_data']
+    srcs = sorted({s for sp in ('train', 'val') for s in td.get(sp, {})})
+    L += ['## Training data', '',
+          'Films per source and class (`covidx-v1-public`: COVIDx-v1, Cohen\'s COVID-19 films it does not list, 1,000 '
+          'RSNA-derived adult normals, and COVID-19 films of the COVID-19 Radiography Database, mostly BIMCV-COVID19+):', '',
+          '| split | source | ' + ' | '.join(rel['classes']) + ' |', '|---' * (2 + len(rel['classes'])) + '|']
+    for sp in ('train', 'val'):
+        for s in srcs:
+            if s in td.get(sp, {}): L.append(f"| {sp} | {s} | " + ' | '.join(str(td[sp][s][c]) for c in rel['classes']) + ' |')
+    return L
+
+# %% ../nbs/19_release.ipynb #7589ceaf
+def _card_scores(rel:dict, ext:dict, cmp:dict=None) -> list:
+    "The card's tables of scores: `15_external`'s rows (the released seed first), its targets, and `13_compare`'s table."
+    pub_label = ext['params']['labels'][2]
+    single = f"{pub_label}, seed {rel['seed']}"
+    L = ['', '## What it scores', '',
+         f"Every test set of `15_external` (percentages, 95 % intervals in brackets): the released model (`{single}`), its "
+         "training set's seed ensemble, and the COVIDx-v1 and age-shortcut models for comparison. `test_external` comes "
+         "from a collection the public model trained on (held out by patient, not by hospital).", '']
+    rows = {k: v for k, v in ext['ensembles'].items()}
+    if single in ext['models']: rows = {single: ext['models'][single], **rows}
+    L += [external_markdown(rows, ext['in_collection'] + [single]).rstrip(), '', 'Targets of the public seed ensemble (reported, not chosen on):', '']
+    L += [f"- {'met' if t['met'] else 'missed'}: {t['target']}: {t['value']}" for t in ext['targets']]
+    if cmp:
+        L += ['', '## The comparison on COVIDx-v1 test', '',
+              f"The study's candidates trained on COVIDx-v1 beside the anchors' reported numbers (headline, chosen on validation: "
+              f"{cmp['headline']}); 95 % patient-bootstrap intervals, mean ± sd over seeds.", '', comparison_markdown(cmp, None).rstrip()]
+        if ext.get('paired_test', {}).get(pub_label):
+            d = ext['paired_test'][pub_label]['macro_f1']
+            L += ['', f"The public seed ensemble minus the headline on the same 639 films (paired patient bootstrap): macro-F1 "
+                  f"{pct(d['difference'])} points [{pct(d['low'])}, {pct(d['high'])}]."]
+    return L
+
+# %% ../nbs/19_release.ipynb #88564111
+def _card_shortcuts(ext:dict, sc:dict=None) -> list:
+    "The card's known shortcuts: age (from `14_shortcut`), hospital (the collection probe, `test_external_neg`), text and markers (the maps)."
+    pub_label = ext['params']['labels'][2]
+    L = ['', '## Known shortcuts, and what was done', '']
+    if sc:
+        v = list(sc['variants'].items())
+        f0, f1 = v[0][1]['ensemble']['false_covid'], v[-1][1]['ensemble']['false_covid']
+        L.append(f"- **Age.** In COVIDx-v1 every normal film is a child's. Models trained on it called {f0['covid']}/{f0['n']} held-out "
+                 f"adult normals COVID-19 ({pct(f0['rate'])} % [{pct(f0['ci_low'])}, {pct(f0['ci_high'])}]); with adult normals in "
+                 f"training ({v[-1][0]}) {f1['covid']}/{f1['n']} ({pct(f1['rate'])} % [{pct(f1['ci_low'])}, {pct(f1['ci_high'])}]) "
+                 "(`14_shortcut`). The released model trains with the same adult normals and setting.")
+    pr = {k: p['balanced_accuracy'] for k, p in ext['probe'].items()}
+    L.append("- **Hospital.** A linear probe tells Cohen's COVID-19 films from the new collection's by the penultimate "
+             "features with balanced accuracy " + ', '.join(f"{pct(b)} % ({k})" for k, b in pr.items()) + ' (chance 50 %). '
+             f"The released model's training set holds COVID-19 films from new hospitals but normals from RSNA and "
+             f"Kermany only, so \"an adult film from elsewhere\" can mean COVID-19 to it: Cohen's films without COVID-19 "
+             f"(`test_external_neg`) called COVID-19 by its seed ensemble: {_rate(ext['ensembles'][ext['public']]['test_external_neg'])}.")
+    b = [r for r in ext['borders'] if r['model'] == pub_label]
+    if b:
+        L.append("- **Text and markers.** Share of the Grad-CAM mass in the films' outer band (an even map: "
+                 f"{pct(b[0]['band_area'])} %), released training set's first seed: " +
+                 ', '.join(f"{r['films']} {pct(r['border_share'])} %" for r in b) + '.')
+    return L
+
+# %% ../nbs/19_release.ipynb #e8146031
+def model_card(reports # the study's reports folder: release.json, 15_external.json, and 14_shortcut.json, 13_compare_covidnet.json where there
+              ) -> str: # the card, markdown
+    "The model card of the released model, every figure from the JSON files in `reports`."
+    R = Path(reports)
+    rel, ext = _read(R/'release.json'), _read(R/'15_external.json')
+    sc = _read(R/'14_shortcut.json') if (R/'14_shortcut.json').is_file() else None
+    cmp = _read(R/'13_compare_covidnet.json') if (R/'13_compare_covidnet.json').is_file() else None
+    names = [p for p in ('release.json', '15_external.json', '14_shortcut.json', '13_compare_covidnet.json') if (R/p).is_file()]
+    L = _card_head(R, rel, names) + _card_use_and_data(rel) + _card_scores(rel, ext, cmp) + _card_shortcuts(ext, sc)
+    L += ['', '## Use', '', '```', 'covidnext-predict film.png            # the shipped model; no torch needed',
+          'covidnext-predict film.dcm --explain maps/', '```', '',
+          'In Python: `from covidnext.infer import OnnxPredictor; OnnxPredictor.default().predict_df(["film.png"])`.', '']
+    return '\n'.join(L)
+
+# %% ../nbs/19_release.ipynb #91cda1ae
+def _release_record(chosen:str, ck:dict, cands:pd.DataFrame, par:dict, stamp:dict, dest:Path, profile:str, split_csv=None) -> dict:
+    "`release.json`'s record of the model `dest` exported from the checkpoint `chosen` (loaded: `ck`), JSON-safe."
+    cfg = ck.get('config') or {}
+    n_params = sum(p.numel() for p in Predictor.from_checkpoint(chosen, 'cpu').model.parameters())
+    return jsonable(dict(
+        checkpoint=chosen, checkpoint_sha256=stamp['source_sha256'], candidates=cands.to_dict('records'),
+        chosen_by='validation macro-F1 (covidx-v1-public val)', model='covidnext.onnx', sha256=file_hash(dest),
+        size_bytes=dest.stat().st_size, parity=par, profile=profile, commit=stamp['commit'], released=stamp['released'],
+        arch=cfg.get('arch'), seed=cfg.get('seed'), epoch=ck.get('epoch'), epochs=cfg.get('epochs'), size=cfg.get('size'),
+        resize_mode=cfg.get('resize_mode', 'squash'), harmonize=cfg.get('harmonize', 'none'), source_aug=cfg.get('source_aug', 0.0),
+        params=n_params, classes=list(CLASSES), val=ck.get('metrics'), training_data=_counts(split_csv or cfg.get('split_csv'))))
+
+# %% ../nbs/19_release.ipynb #4d2aacd9
 def release(runs, # the public runs' checkpoints: paths or a glob pattern
             reports, # the study's reports folder: release.json goes there; the card reads its JSON
             models='models', # the folder of the shipped model: covidnext.onnx, covidnext.onnx.sha256, README.md
@@ -105,7 +231,6 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
         return f"{dest} kept: a model of the full profile is not replaced by one of the {profile} profile"
     else:
         ck = load_checkpoint(chosen)
-        cfg = ck.get('config') or {}
         tmp = models/'.covidnext.onnx.tmp'
         models.mkdir(parents=True, exist_ok=True)
         try:
@@ -113,115 +238,15 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
             stamp = dict(source_sha256=sha, profile=profile, commit=_git_rev(),
                          released=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d'))
             _set_meta(tmp, stamp)
-            par = release_parity(tmp, chosen, split_csv or cfg.get('split_csv'), sources, cache, cache_root)
+            par = release_parity(tmp, chosen, split_csv or (ck.get('config') or {}).get('split_csv'), sources, cache, cache_root)
             if par['same_class'] < min_same_class or par['max_abs_diff'] > max_diff:
                 raise ValueError(f"{chosen}: the exported model misses parity on {par['n']} {par['split']} films (same class "
                                  f"{100 * par['same_class']:.1f} %, max |diff| {par['max_abs_diff']:.3g}); not shipped")
             os.replace(tmp, dest)
         finally: tmp.unlink(missing_ok=True)
-        digest = file_hash(dest)
-        atomic_write(models/'covidnext.onnx.sha256', f"{digest}  covidnext.onnx\n")
-        n_params = sum(p.numel() for p in Predictor.from_checkpoint(chosen, 'cpu').model.parameters())
-        atomic_write(rec, json.dumps(jsonable(dict(
-            checkpoint=chosen, checkpoint_sha256=sha, candidates=cands.to_dict('records'), chosen_by='validation macro-F1 (covidx-v1-public val)',
-            model='covidnext.onnx', sha256=digest, size_bytes=dest.stat().st_size, parity=par, profile=profile,
-            commit=stamp['commit'], released=stamp['released'],
-            arch=cfg.get('arch'), seed=cfg.get('seed'), epoch=ck.get('epoch'), epochs=cfg.get('epochs'), size=cfg.get('size'),
-            resize_mode=cfg.get('resize_mode', 'squash'), harmonize=cfg.get('harmonize', 'none'), source_aug=cfg.get('source_aug', 0.0),
-            params=n_params, classes=list(CLASSES), val=ck.get('metrics'),
-            training_data=_counts(split_csv or cfg.get('split_csv')))), indent=1, allow_nan=False))
+        atomic_write(models/'covidnext.onnx.sha256', f"{file_hash(dest)}  covidnext.onnx\n")
+        atomic_write(rec, json.dumps(_release_record(chosen, ck, cands, par, stamp, dest, profile, split_csv), indent=1, allow_nan=False))
         what = f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB, from {chosen}; parity: same class on {100 * par['same_class']:.1f} % of {par['n']} films, max |diff| {par['max_abs_diff']:.1g})"
     card = model_card(reports)
     if not (models/'README.md').is_file() or (models/'README.md').read_text() != card: atomic_write(models/'README.md', card)
     return what
-
-# %% ../nbs/19_release.ipynb #4696235f
-def _read(p):
-    p = Path(p)
-    if not p.is_file(): raise FileNotFoundError(f"{p}: not found; the model card is written from the study's reports (covidnext-study)")
-    return json.loads(p.read_text())
-
-def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} % [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
-
-def model_card(reports # the study's reports folder: release.json, 15_external.json, and 14_shortcut.json, 13_compare_covidnet.json where there
-              ) -> str: # the card, markdown
-    "The model card of the released model, every figure from the JSON files in `reports`."
-    R = Path(reports)
-    rel, ext = _read(R/'release.json'), _read(R/'15_external.json')
-    sc = _read(R/'14_shortcut.json') if (R/'14_shortcut.json').is_file() else None
-    cmp = _read(R/'13_compare_covidnet.json') if (R/'13_compare_covidnet.json').is_file() else None
-    names = [p for p in ('release.json', '15_external.json', '14_shortcut.json', '13_compare_covidnet.json') if (R/p).is_file()]
-    pub_label = ext['params']['labels'][2]
-    single = f"{pub_label}, seed {rel['seed']}"
-    gpu = rel['profile'] == 'full'
-    prep = f"{rel['size']} x {rel['size']} px ({rel['resize_mode']})" + (", histogram equalization inside the graph" if rel['harmonize'] == 'equalize' else '')
-    L = ['# covidnext: the shipped model', '',
-         f"> {NOTICE}", '',
-         f"Written by `covidnext.release.model_card` from {', '.join(f'`{R.as_posix()}/{n}`' for n in names)}; not by hand.", '']
-    if not gpu:
-        L += [f"**This model was trained on a CPU** (the study's `{rel['profile']}` profile: {rel['arch']} at {rel['size']} px, "
-              f"{rel['epochs']} epoch{'s' * (rel['epochs'] != 1)}). It makes everything here work and shows what the study measures; a model of the GPU "
-              "study (`covidnext-study --profile full`) replaces it when one is run.", '']
-    L += ['| | |', '|---|---|',
-          f"| file | `covidnext.onnx`, {rel['size_bytes'] / 2**20:.1f} MiB, sha256 `{rel['sha256']}` |",
-          f"| architecture | {rel['arch']}, {rel['params'] / 1e6:.1f}M parameters, trained from scratch; 4 classes: " + ', '.join(rel['classes']) + ' |',
-          f"| input | one grayscale chest X-ray (PNG, JPEG or DICOM), fitted to {prep}; uint8 [batch, 1, {rel['size']}, {rel['size']}] |",
-          "| outputs | `probs`: class probabilities [batch, 4]; `cam`: class activation maps (`covidnext-predict --explain`) |",
-          f"| training | `covidx-v1-public`, seed {rel['seed']}, epoch {rel['epoch']} of {rel['epochs']} chosen on validation "
-          f"(macro-F1 {pct(rel['val']['macro_f1'])} %), picked among {len(rel['candidates'])} seeds by validation macro-F1; "
-          f"harmonize={rel['harmonize']}, source_aug={rel['source_aug']} |",
-          f"| parity | the ONNX model and the PyTorch checkpoint give the same class on {pct(rel['parity']['same_class'])} % of "
-          f"{rel['parity']['n']} COVIDx-v1 {rel['parity']['split']} films; probabilities within {rel['parity']['max_abs_diff']:.1g} |",
-          f"| released | {rel['released']}, commit {rel['commit']}, profile `{rel['profile']}` |", '']
-    L += ['## Intended use', '',
-          '- Research and teaching: reproducing and probing COVID-19 chest X-ray classifiers, their shortcuts and their failures.',
-          '- **Not for clinical use**: not for diagnosis, triage or any decision about a person. It was never validated '
-          'prospectively or on the population of any hospital, and the shortcuts below are measured, not removed.', '']
-    td = rel['training_data']
-    srcs = sorted({s for sp in ('train', 'val') for s in td.get(sp, {})})
-    L += ['## Training data', '',
-          'Films per source and class (`covidx-v1-public`: COVIDx-v1, Cohen\'s COVID-19 films it does not list, 1,000 '
-          'RSNA-derived adult normals, and COVID-19 films of the COVID-19 Radiography Database, mostly BIMCV-COVID19+):', '',
-          '| split | source | ' + ' | '.join(rel['classes']) + ' |', '|---' * (2 + len(rel['classes'])) + '|']
-    for sp in ('train', 'val'):
-        for s in srcs:
-            if s in td.get(sp, {}): L.append(f"| {sp} | {s} | " + ' | '.join(str(td[sp][s][c]) for c in rel['classes']) + ' |')
-    L += ['', '## What it scores', '',
-          f"Every test set of `15_external` (percentages, 95 % intervals in brackets): the released model (`{single}`), its "
-          "training set's seed ensemble, and the COVIDx-v1 and age-shortcut models for comparison. `test_external` comes "
-          "from a collection the public model trained on (held out by patient, not by hospital).", '']
-    rows = {k: v for k, v in ext['ensembles'].items()}
-    if single in ext['models']: rows = {single: ext['models'][single], **rows}
-    L += [external_markdown(rows, ext['in_collection'] + [single]).rstrip(), '', 'Targets of the public seed ensemble (reported, not chosen on):', '']
-    L += [f"- {'met' if t['met'] else 'missed'}: {t['target']}: {t['value']}" for t in ext['targets']]
-    if cmp:
-        L += ['', '## The comparison on COVIDx-v1 test', '',
-              f"The study's candidates trained on COVIDx-v1 beside the anchors' reported numbers (headline, chosen on validation: "
-              f"{cmp['headline']}); 95 % patient-bootstrap intervals, mean ± sd over seeds.", '', comparison_markdown(cmp, None).rstrip()]
-        if ext.get('paired_test', {}).get(pub_label):
-            d = ext['paired_test'][pub_label]['macro_f1']
-            L += ['', f"The public seed ensemble minus the headline on the same 639 films (paired patient bootstrap): macro-F1 "
-                  f"{pct(d['difference'])} points [{pct(d['low'])}, {pct(d['high'])}]."]
-    L += ['', '## Known shortcuts, and what was done', '']
-    if sc:
-        v = list(sc['variants'].items())
-        f0, f1 = v[0][1]['ensemble']['false_covid'], v[-1][1]['ensemble']['false_covid']
-        L.append(f"- **Age.** In COVIDx-v1 every normal film is a child's. Models trained on it called {f0['covid']}/{f0['n']} held-out "
-                 f"adult normals COVID-19 ({pct(f0['rate'])} % [{pct(f0['ci_low'])}, {pct(f0['ci_high'])}]); with adult normals in "
-                 f"training ({v[-1][0]}) {f1['covid']}/{f1['n']} ({pct(f1['rate'])} % [{pct(f1['ci_low'])}, {pct(f1['ci_high'])}]) "
-                 "(`14_shortcut`). The released model trains with the same adult normals and setting.")
-    pr = {k: p['balanced_accuracy'] for k, p in ext['probe'].items()}
-    L.append("- **Hospital.** A linear probe tells Cohen's COVID-19 films from the new collection's by the penultimate "
-             "features with balanced accuracy " + ', '.join(f"{pct(b)} % ({k})" for k, b in pr.items()) + ' (chance 50 %). '
-             f"The released model's training set holds COVID-19 films from new hospitals but normals from RSNA and "
-             f"Kermany only, so \"an adult film from elsewhere\" can mean COVID-19 to it: Cohen's films without COVID-19 "
-             f"(`test_external_neg`) called COVID-19 by its seed ensemble: {_rate(ext['ensembles'][ext['public']]['test_external_neg'])}.")
-    b = [r for r in ext['borders'] if r['model'] == pub_label]
-    if b:
-        L.append("- **Text and markers.** Share of the Grad-CAM mass in the films' outer band (an even map: "
-                 f"{pct(b[0]['band_area'])} %), released training set's first seed: " +
-                 ', '.join(f"{r['films']} {pct(r['border_share'])} %" for r in b) + '.')
-    L += ['', '## Use', '', '```', 'covidnext-predict film.png            # the shipped model; no torch needed',
-          'covidnext-predict film.dcm --explain maps/', '```', '',
-          'In Python: `from covidnext.infer import OnnxPredictor; OnnxPredictor.default().predict_df(["film.png"])`.', '']
-    return '\n'.join(L)
