@@ -16,9 +16,9 @@ from .study import ensemble, mean_predictions
 from .shortcut import probe_models
 
 # %% auto #0
-__all__ = ['EXTERNAL_SPLITS', 'called_rate', 'covid_vs_normals', 'set_predictions', 'external_row', 'external_markdown',
-           'paired_on_test', 'external_targets', 'collection_films', 'collection_probe', 'border_share', 'band_area',
-           'border_table', 'save_external_report']
+__all__ = ['EXTERNAL_SPLITS', 'called_rate', 'covid_vs_normals', 'set_predictions', 'external_row', 'rate_text',
+           'external_markdown', 'paired_on_test', 'external_targets', 'collection_films', 'collection_probe',
+           'border_share', 'band_area', 'border_table', 'save_external_report']
 
 # %% ../nbs/18_external.ipynb #0994f0ac
 EXTERNAL_SPLITS = ('test', 'test_adult', 'test_external', 'test_external_neg')
@@ -79,7 +79,11 @@ def external_row(preds:dict, # {split: per-image predictions} of the four splits
 
 # %% ../nbs/18_external.ipynb #aedc1a5e
 def _ci(d): return f"{pct(d['value'])} [{pct(d['low'])}, {pct(d['high'])}]"
-def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
+def rate_text(d:dict, # a share of films called COVID-19 (`called_rate`): called, n, rate, ci_low, ci_high
+              unit:str='' # written after the rate, e.g. ' %'
+             ) -> str:
+    "`called/n = rate [low, high]` in percent, as the reports write a share of films."
+    return f"{d['called']}/{d['n']} = {pct(d['rate'])}{unit} [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
 
 def external_markdown(rows:dict, # {row label: `external_row`'s dict}
                       in_collection=() # labels of rows trained on test_external's collection
@@ -92,9 +96,9 @@ def external_markdown(rows:dict, # {row label: `external_row`'s dict}
         c = r['covid_vs_normals']
         tag = ' (in-collection)' if name in in_collection else ''
         L.append(f"| {name} | {_ci(r['test']['accuracy'])} | {_ci(r['test']['macro_f1'])} | {r['test']['covid']['called']}/"
-                 f"{r['test']['covid']['n']} | {_rate(r['test_adult'])} | {_rate(r['test_external'])}{tag} | "
+                 f"{r['test']['covid']['n']} | {rate_text(r['test_adult'])} | {rate_text(r['test_external'])}{tag} | "
                  f"{pct(c['sensitivity']['rate'])} | {pct(c['specificity']['rate'])} [{pct(c['specificity']['ci_low'])}, "
-                 f"{pct(c['specificity']['ci_high'])}] | {_ci(c['auroc'])} | {_rate(r['test_external_neg'])} |")
+                 f"{pct(c['specificity']['ci_high'])}] | {_ci(c['auroc'])} | {rate_text(r['test_external_neg'])} |")
     return '\n'.join(L) + '\n'
 
 # %% ../nbs/18_external.ipynb #db932051
@@ -119,10 +123,10 @@ def external_targets(row:dict, # the public model's `external_row`
                     ) -> list:
     "[dict(target, value, met)] of the public model against the issue's four targets."
     e, a, n = row['test_external'], row['test_adult'], row['test_external_neg']
-    out = [dict(target=f'test_external COVID-19 found >= {pct(min_found)} %', value=_rate(e), met=bool(e['rate'] >= min_found)),
-           dict(target=f'test_adult normals called COVID-19 <= {pct(max_adult)} %', value=_rate(a), met=bool(a['rate'] <= max_adult)),
+    out = [dict(target=f'test_external COVID-19 found >= {pct(min_found)} %', value=rate_text(e), met=bool(e['rate'] >= min_found)),
+           dict(target=f'test_adult normals called COVID-19 <= {pct(max_adult)} %', value=rate_text(a), met=bool(a['rate'] <= max_adult)),
            dict(target=f'test_external_neg called COVID-19 <= {pct(max_neg)} % ({n["n"]} films: the interval is wide)',
-                value=_rate(n), met=bool(n['rate'] <= max_neg))]
+                value=rate_text(n), met=bool(n['rate'] <= max_neg))]
     if paired:
         d = paired['macro_f1']
         out.append(dict(target='COVIDx-v1 test macro-F1 no lower than the headline within the paired 95 % interval',

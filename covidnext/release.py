@@ -17,7 +17,7 @@ from .infer import NOTICE, OnnxPredictor
 from .predict import Predictor, export_onnx
 from .shortcut import resolve_checkpoints
 from .study import comparison_markdown
-from .external import external_markdown
+from .external import external_markdown, rate_text
 
 # %% auto #0
 __all__ = ['choose_release', 'release_parity', 'onnx_meta', 'model_card', 'release']
@@ -89,8 +89,6 @@ def _read(p):
     p = Path(p)
     if not p.is_file(): raise FileNotFoundError(f"{p}: not found; the model card is written from the study's reports (covidnext-study)")
     return json.loads(p.read_text())
-
-def _rate(d): return f"{d['called']}/{d['n']} = {pct(d['rate'])} % [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
 
 # %% ../nbs/19_release.ipynb #54ec1e90
 def _card_head(R:Path, rel:dict, names:list) -> list:
@@ -173,7 +171,7 @@ def _card_shortcuts(ext:dict, sc:dict=None) -> list:
              "features with balanced accuracy " + ', '.join(f"{pct(b)} % ({k})" for k, b in pr.items()) + ' (chance 50 %). '
              f"The released model's training set holds COVID-19 films from new hospitals but normals from RSNA and "
              f"Kermany only, so \"an adult film from elsewhere\" can mean COVID-19 to it: Cohen's films without COVID-19 "
-             f"(`test_external_neg`) called COVID-19 by its seed ensemble: {_rate(ext['ensembles'][ext['public']]['test_external_neg'])}.")
+             f"(`test_external_neg`) called COVID-19 by its seed ensemble: {rate_text(ext['ensembles'][ext['public']]['test_external_neg'], ' %')}.")
     b = [r for r in ext['borders'] if r['model'] == pub_label]
     if b:
         L.append("- **Text and markers.** Share of the Grad-CAM mass in the films' outer band (an even map: "
