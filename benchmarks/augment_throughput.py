@@ -90,7 +90,7 @@ def main(argv=None):
     from covidnext.augment import AugmentConfig, GpuAugment
     from covidnext.cache import Cache
     from covidnext.model import create_model
-    from covidnext.checkpoint import autocast
+    from covidnext.model import autocast
 
     dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
     cuda = dev.type == 'cuda'

@@ -77,7 +77,7 @@ def make_checkpoint(arch: str, size: int, path: Path, resize_mode: str = 'squash
     from covidnext.checkpoint import save_checkpoint
     from covidnext.train import TrainConfig, _state, make_optimizer, make_scheduler
     torch.manual_seed(0)
-    cfg = TrainConfig(arch=arch, size=size, resize_mode=resize_mode, harmonize=harmonize, device='cpu', out=str(path.parent))
+    cfg = TrainConfig.recipe('seed', arch=arch, size=size, resize_mode=resize_mode, harmonize=harmonize, device='cpu', out=str(path.parent))
     model = create_model(arch, input_size=size, harmonize=harmonize)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt, 1)

@@ -97,12 +97,12 @@ def ceiling(arch: str, size: int, batch: int, dev: torch.device, amp: bool, chan
             steps: int, repeats: int, warmup: int) -> list[float]:
     "(c) Images/s of bare training steps on random uint8 images already on the device, per timed block."
     from covidnext.model import create_model
-    from covidnext.checkpoint import autocast
+    from covidnext.model import autocast
     from covidnext.train import TrainConfig, make_optimizer
     torch.manual_seed(0)
     mf = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, input_size=size).to(dev, memory_format=mf).train()
-    opt = make_optimizer(TrainConfig(optimizer='adam', **OPT), model)   # as fit makes it (fused on CUDA)
+    opt = make_optimizer(TrainConfig.recipe('seed', optimizer='adam', **OPT), model)   # as fit makes it (fused on CUDA)
     run = torch.compile(model) if compile else model
     x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=dev).contiguous(memory_format=mf)
     y = torch.randint(0, 4, (batch,), device=dev)
@@ -118,7 +118,7 @@ def fit_config(cache: str, arch: str, size: int, batch: int, epochs: int, compil
                drop_sources: str = ''):
     "(b)'s training config: `covidnext-train`'s defaults on the cache, quiet."
     from covidnext.train import TrainConfig
-    return TrainConfig(cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
+    return TrainConfig.recipe('seed', cache=cache, arch=arch, size=size, batch_size=batch, epochs=epochs, compile=compile,
                        out=str(out), progress=False, subset=subset, device='auto', log_images=False,
                        drop_sources=drop_sources)
 
@@ -149,7 +149,7 @@ def checkpoint_wait(arch: str, size: int, dev: torch.device, repeats: int, dest:
     from covidnext.train import EMA, TrainConfig, _state, make_optimizer
     torch.manual_seed(0)
     model = create_model(arch, n_classes=4, input_size=size).to(dev)
-    cfg = TrainConfig(optimizer='adamw', arch=arch, size=size)
+    cfg = TrainConfig.recipe('seed', optimizer='adamw', arch=arch, size=size)
     opt = make_optimizer(cfg, model)
     model(torch.randint(0, 256, (2, 1, size, size), dtype=torch.uint8, device=dev)).float().sum().backward()
     opt.step()                                                             # Adam's moments exist, as after a step
@@ -229,7 +229,7 @@ def seed_style(rows, sources: str, arch: str, size: int, batch: int, dev: torch.
     dl = DataLoader(ds, batch, sampler=sampler, num_workers=workers, pin_memory=dev.type == 'cuda', drop_last=True)
     torch.manual_seed(0)
     model = create_model(arch, input_size=size).to(dev).train()
-    opt = make_optimizer(TrainConfig(optimizer='adam', **OPT), model)
+    opt = make_optimizer(TrainConfig.recipe('seed', optimizer='adam', **OPT), model)
     it = iter(dl)
 
     def step():

@@ -86,9 +86,8 @@ def predict_files(paths:Param("image files (PNG, JPEG or DICOM, recognised by co
 def predict_cli(argv=None # the arguments; default: sys.argv[1:]
                ):
     "Entry point of `covidnext-predict`: exit status 1 when any input failed."
-    p = cli_parser(predict_files, 'covidnext-predict')
-    p.epilog = NOTICE
-    for act in p._actions: act.metavar = dict(paths='PATH', checkpoint='CKPT', out='CSV', explain='DIR', batch_size='N').get(act.dest, act.metavar)
+    p = cli_parser(predict_files, 'covidnext-predict', epilog=NOTICE,
+                   metavars=dict(paths='PATH', checkpoint='CKPT', out='CSV', explain='DIR', batch_size='N'))
     a = p.parse_intermixed_args(dashed_args(sys.argv[1:] if argv is None else list(argv), p))
     print(NOTICE, file=sys.stderr)
     try: rows = predict_files(**vars(a))

@@ -99,23 +99,41 @@ def pct(v # a rate in [0, 1], or None or NaN where there is none
     return '–' if v is None or np.isnan(v) else f'{100 * v:.1f}'
 
 # %% ../nbs/00_core.ipynb #ce4f8bd7
-import argparse, copy, functools, inspect, sys
+import argparse, copy, dataclasses, functools, inspect, sys
 from fastcore.docments import docments
 from fastcore.script import Param
 
-def cli_parser(func, # a function whose parameters (with `docments` comments or `Param` annotations) are the options
-               prog:str=None # the command's name in `--help`
+def _field_options(p, cls, given_only:bool):
+    "An option per field of the dataclass `cls`: its `metadata['help']` and default in the help; bools as --x/--no-x."
+    for f in dataclasses.fields(cls):
+        name, typ = f.name.replace('_', '-'), f.type if isinstance(f.type, str) else f.type.__name__
+        kw = dict(help=f"{f.metadata.get('help', '')} (default: {f.default})", dest=f.name,
+                  default=argparse.SUPPRESS if given_only else f.default)
+        if typ == 'bool': p.add_argument(f'--{name}', action=argparse.BooleanOptionalAction, **kw)
+        else: p.add_argument(f'--{name}', type={'int': int, 'float': float}.get(typ, str), metavar=f.name.upper(), **kw)
+        p.options.update({f'--{name}', f'--no-{name}'} if typ == 'bool' else {f'--{name}'})
+
+def cli_parser(func, # a function whose parameters (with `docments` comments or `Param` annotations), or a dataclass whose fields (with `metadata['help']`), are the options
+               prog:str=None, # the command's name in `--help`
+               description:str=None, # what `--help` says first (default: the docstring)
+               epilog:str=None, # what `--help` says last, as written (its line breaks kept)
+               metavars:dict=None, # {parameter: the name `--help` shows for its value}
+               given_only:bool=False # a dataclass's options: only those given on the command line are in the answer
               ) -> argparse.ArgumentParser:
-    "An `argparse` parser with an option `--a-b` for each parameter `a_b` of `func`, as `call_parse` builds it."
-    p = argparse.ArgumentParser(prog=prog, description=func.__doc__)
+    "An `argparse` parser with an option `--a-b` for each parameter `a_b` of `func` (as `call_parse` builds it) or each field `a_b` of a dataclass."
+    p = argparse.ArgumentParser(prog=prog, description=description or func.__doc__, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter)
     p.options = set()  # the option strings, for `dashed_args`
+    if dataclasses.is_dataclass(func): _field_options(p, func, given_only); return p
     for k, v in docments(func, full=True, returns=False, eval_str=True).items():
         anno = None if v.anno is inspect.Parameter.empty else v.anno
         param = copy.copy(anno) if isinstance(anno, Param) else Param(v.docment, anno)
         param.set_default(v.default)
         name = k.replace('_', '-')
         if param.negated: name, param.help = 'no-' + name, param.help.removesuffix(' (default: True)')  # the flag turns it off
-        p.add_argument(f'{param.pre}{name}', **{**param.kwargs, **({'dest': k} if param.opt else {})})
+        kw = {**param.kwargs, **({'dest': k} if param.opt else {})}
+        if k in (metavars or {}): kw['metavar'] = metavars[k]
+        p.add_argument(f'{param.pre}{name}', **kw)
         if param.opt: p.options.add(f'--{name}')
     return p
 

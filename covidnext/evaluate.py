@@ -14,12 +14,14 @@ from sklearn.metrics import roc_curve
 
 from .core import CLASSES, DataError, call_cli, jsonable, resolve_device
 from .cache import Cache, build_cache
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, predict_probs
+from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, resolve_checkpoints
+from .model import predict_probs
 from .metrics import evaluate_probs, per_source_metrics, roc_auc
 
 # %% auto #0
 __all__ = ['plot_confusion', 'plot_roc', 'plot_reliability', 'metrics_table', 'save_results', 'split_cache',
-           'evaluate_checkpoint', 'format_table', 'evaluate_cli']
+           'evaluate_checkpoint', 'format_table', 'mean_predictions', 'ensemble', 'trained_on', 'evaluate_runs',
+           'evaluate_cli']
 
 # %% ../nbs/11_evaluate.ipynb #afdd8120
 def _figure(**kw):
@@ -147,7 +149,7 @@ def split_cache(cfg:dict, # a checkpoint's training config: its `size` and `resi
     return Cache(build_cache(split_csv, sources, cache_root, size, mode, progress=False))
 
 # %% ../nbs/11_evaluate.ipynb #5981b877
-def evaluate_checkpoint(checkpoint, # a checkpoint file written by covidnext-train (or a loaded one)
+def evaluate_checkpoint(checkpoint, # a checkpoint file written by covidnext-train, or one read (`covidnext.checkpoint.read_checkpoint`)
                         split:str='test', # the split to evaluate
                         split_csv=None, # split.csv (default: the checkpoint's `config['split_csv']`)
                         sources=None, # sources folder (default: $COVIDNEXT_SOURCES, then the checkpoint's)
@@ -161,9 +163,8 @@ def evaluate_checkpoint(checkpoint, # a checkpoint file written by covidnext-tra
     "Predict a split with a checkpoint's model; returns (results with CIs, per source and meta, per-image predictions)."
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    ck = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    cfg, classes = ck.get('config') or {}, list(ck.get('classes') or CLASSES)
-    if 'size' not in cfg: raise CheckpointError(f"{checkpoint if not isinstance(checkpoint, dict) else 'checkpoint'}: no training config with the image size")
+    ck = read_checkpoint(checkpoint)
+    cfg, classes = ck.config, ck.classes
     c = split_cache(cfg, split, split_csv, sources, cache, cache_root)
     rows = c.indices(split)
     if drop_sources:
@@ -177,10 +178,10 @@ def evaluate_checkpoint(checkpoint, # a checkpoint file written by covidnext-tra
     y = c.labels(rows, classes).numpy()
     results = evaluate_probs(y, probs, tab.patient_id.to_numpy(), classes, n_boot, seed)
     results['per_source'] = per_source_metrics(y, probs, tab.source.to_numpy(), tab.patient_id.to_numpy())
-    results['meta'] = dict(checkpoint=None if isinstance(checkpoint, dict) else str(checkpoint), split=split,
+    results['meta'] = dict(checkpoint=ck.source, split=split,
                            split_csv=None if split_csv is None and cache is not None else str(split_csv or cfg.get('split_csv')),
-                           cache=str(c.path), size=int(cfg['size']), resize_mode=cfg.get('resize_mode', 'squash'),
-                           arch=cfg.get('arch'), epoch=ck.get('epoch'), device=str(dev), drop_sources=drop_sources,
+                           cache=str(c.path), size=ck.size, resize_mode=ck.resize_mode,
+                           arch=ck.arch, epoch=ck.epoch, device=str(dev), drop_sources=drop_sources,
                            seconds=round(time.perf_counter() - t0, 2))
     preds = pd.DataFrame(dict(path=tab.path, patient_id=tab.patient_id, source=tab.source, label=tab.label,
                               pred=[classes[i] for i in probs.argmax(1)],
@@ -203,6 +204,69 @@ def format_table(results:dict # evaluate_checkpoint's (or evaluate_probs's) resu
     head = (f"{results['n']} images, {results['n_patients']} patients; 95% CI: {b['method']} bootstrap over patients, "
             f"{b['n_boot']} resamples, seed {b['seed']}")
     return '\n'.join([head] + lines)
+
+# %% ../nbs/11_evaluate.ipynb #4c029f8f
+def mean_predictions(preds:list, # per-image predictions of several models, same images in the same order
+                     classes=CLASSES # class names
+                    ) -> pd.DataFrame:
+    "The ensemble's per-image predictions: the mean probabilities and their argmax."
+    base = preds[0]
+    for p in preds[1:]:
+        if not p.path.reset_index(drop=True).equals(base.path.reset_index(drop=True)):
+            raise ValueError("the runs' predictions are not of the same images in the same order")
+    cols = [f'prob_{c}' for c in classes]
+    probs = np.mean([p[cols].to_numpy(float) for p in preds], axis=0)
+    return base.drop(columns=cols + ['pred']).assign(pred=[classes[i] for i in probs.argmax(1)], **dict(zip(cols, probs.T)))
+
+def ensemble(preds:list, # per-image predictions of several models, same images in the same order
+             classes=CLASSES, # class names
+             n_boot:int=1000, # bootstrap resamples of the ensemble's metrics
+             seed:int=0 # seed of the bootstrap
+            ) -> tuple[dict, pd.DataFrame]:
+    "Results and predictions of the mean probabilities of several runs' predictions of the same images."
+    out = mean_predictions(preds, classes)
+    y = np.array([list(classes).index(l) for l in out.label])
+    res = evaluate_probs(y, out[[f'prob_{c}' for c in classes]].to_numpy(float), out.patient_id.to_numpy(), classes, n_boot, seed)
+    return res, out
+
+# %% ../nbs/11_evaluate.ipynb #c8514a34
+def trained_on(cfg:dict # a checkpoint's training config
+              ) -> str:
+    "What a run trained on: its split.csv, or the split its cache was built from (and the cache), less the sources it left out."
+    if cfg.get('cache'):
+        meta = Path(cfg['cache'])/'meta.json'
+        split = json.loads(meta.read_text()).get('split') if meta.is_file() else None
+        s = f"{split} (cache {Path(cfg['cache']).name})" if split else f"cache {Path(cfg['cache']).name}"
+    else: s = str(cfg.get('split_csv'))
+    return s + (f" without {cfg['drop_sources']}" if cfg.get('drop_sources') else '')
+
+# %% ../nbs/11_evaluate.ipynb #da1efca9
+def evaluate_runs(checkpoints, # checkpoint paths or glob patterns (see `resolve_checkpoints`)
+                  splits=('test', 'test_adult'), # splits of `split_csv` to evaluate
+                  split_csv=None, # the covidx-v1-adult split.csv
+                  sources=None, # the sources folder (default: $COVIDNEXT_SOURCES)
+                  cache=None, # a prebuilt cache of split_csv at the checkpoints' size (instead of building one)
+                  cache_root='.cache', # where caches are built
+                  device:str='auto', # 'auto', 'cpu' or 'cuda'
+                  n_boot:int=1000, # bootstrap resamples of each evaluation
+                  seed:int=0 # seed of the bootstrap
+                 ) -> list:
+    "Each checkpoint on each split: [dict(checkpoint, arch, seed, epoch, config, val, results={split: ...}, preds={split: DataFrame})]."
+    runs, caches = [], {}
+    for path in resolve_checkpoints(checkpoints):
+        ck = read_checkpoint(path)
+        cfg = ck.config
+        key = (ck.size, ck.resize_mode)
+        if key not in caches: caches[key] = split_cache(cfg, splits[0], split_csv, sources, cache, cache_root).path
+        res, pred = {}, {}
+        for s in splits:
+            res[s], pred[s] = evaluate_checkpoint(ck, s, split_csv, sources, caches[key], cache_root, device, n_boot, seed)
+            res[s]['meta']['checkpoint'] = str(path)
+        m = ck.metrics
+        runs.append(dict(checkpoint=str(path), arch=ck.arch, seed=ck.seed, epoch=ck.epoch,
+                         trained_on=trained_on(cfg), config=cfg, cache=str(caches[key]),
+                         val={k: m.get(k) for k in ('accuracy', 'macro_f1')}, results=res, preds=pred))
+    return runs
 
 # %% ../nbs/11_evaluate.ipynb #6e1fd095
 @call_cli

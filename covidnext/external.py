@@ -12,7 +12,7 @@ import torch
 
 from .core import CLASSES, jsonable, pct
 from .metrics import clopper_pearson, paired_difference, patient_codes, patient_draws, percentile_ci, weighted_auc
-from .study import ensemble, mean_predictions
+from .evaluate import ensemble, mean_predictions
 from .shortcut import probe_models
 
 # %% auto #0

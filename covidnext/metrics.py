@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta, binomtest
+from scipy.stats import binomtest
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score)
 
@@ -259,10 +259,8 @@ def clopper_pearson(k:int, # successes
     k, n = int(k), int(n)
     if n <= 0: return math.nan, math.nan
     if not 0 <= k <= n: raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    a = 1 - level
-    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return lo, hi
+    ci = binomtest(k, n).proportion_ci(level, method='exact')   # scipy's Clopper-Pearson
+    return float(ci.low), float(ci.high)
 
 # %% ../nbs/09_metrics.ipynb #adc276e4
 def paired_change(a, # bool per film: flagged under model A

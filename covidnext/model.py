@@ -6,6 +6,7 @@
 from __future__ import annotations
 import http.client, itertools, os, re, warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -18,7 +19,7 @@ from .core import file_hash
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CONFIG_FORMAT', 'MODELS', 'HARMONIZE', 'COVIDNET_REFERENCE', 'Variant',
            'model_config', 'normalize', 'Preprocess', 'equalize', 'PretrainedWeightsError', 'verify_weights_file',
            'imagenet_state_dict', 'ConvBn', 'XrayClassifier', 'count_params', 'build_from_config', 'create_model',
-           'covidnext50', 'count_macs', 'model_table']
+           'covidnext50', 'count_macs', 'model_table', 'autocast', 'predict_probs']
 
 # %% ../nbs/07_model.ipynb #21870e84
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights were trained on these
@@ -289,3 +290,26 @@ def model_table(size:int=224, # image side for the MACs
         rows.append(dict(name=name, params=count_params(m), gmacs=round(count_macs(m, size) / 1e9, 3),
                          source='measured', about=v.doc))
     return rows + ([dict(COVIDNET_REFERENCE, about='reported in the COVID-Net paper, 4 classes, 224 px')] if reference else [])
+
+# %% ../nbs/07_model.ipynb #d841a5d0
+def autocast(device, # where the model runs: a device name or a `torch.device`
+             enabled:bool=True # bf16 on CUDA; False: full precision everywhere
+            ):
+    "bf16 autocast on CUDA when enabled; a no-op context elsewhere."
+    return torch.autocast('cuda', dtype=torch.bfloat16) if enabled and torch.device(device).type == 'cuda' else nullcontext()
+
+@torch.no_grad()
+def predict_probs(model:nn.Module, # a classifier of uint8 images [B,1,H,W]
+                  x:torch.Tensor, # uint8 images [N,1,H,W], on the model's device
+                  batch_size:int=256, # images per forward pass
+                  amp:bool=True, # bf16 autocast on CUDA
+                  channels_last:bool=True # feed the batches in channels_last memory format
+                 ) -> torch.Tensor: # float [N, n_classes] on the images' device
+    "Softmax probabilities of a uint8 image tensor [N,1,H,W], in eval mode, on the images' device (the model scales pixels itself)."
+    model.eval()
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    out = []
+    for k in range(0, len(x), batch_size):
+        xb = x[k:k + batch_size].contiguous(memory_format=mf)
+        with autocast(x.device, amp): out.append(model(xb).float().softmax(1))
+    return torch.cat(out)

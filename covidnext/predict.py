@@ -15,7 +15,7 @@ from torch import nn
 from fastcore.basics import patch
 
 from .core import CLASSES, CLASS_TITLES, atomic_write, call_cli, resolve_device
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, model_from_checkpoint
 from .infer import NOTICE, BasePredictor, OnnxPredictor
 
 # %% auto #0
@@ -30,27 +30,21 @@ class Predictor(BasePredictor):
                  size:int, # side of the square model input
                  resize_mode:str, # geometry from the image to the input: 'squash' or 'pad' (`covidnext.io.fit_image`)
                  device='cpu', # where the model runs (`covidnext.core.resolve_device`)
-                 meta:dict|None=None): # what the checkpoint says about itself (config, model_config, preprocess)
+                 meta:dict|None=None, # what the checkpoint says about itself (arch, model_config, preprocess, schema version)
+                 checkpoint:Checkpoint|None=None): # the checkpoint it was read from (`covidnext.checkpoint.read_checkpoint`)
         self.device = resolve_device(device)
         self.model, self.classes, self.size, self.resize_mode = model.to(self.device).eval(), list(classes), int(size), resize_mode
-        self.meta = meta or {}
+        self.meta, self.checkpoint = meta or {}, checkpoint
 
     @classmethod
-    def from_checkpoint(cls, path, # a checkpoint written by `covidnext.train.fit` (best.pt, last.pt)
+    def from_checkpoint(cls, src, # a checkpoint written by `covidnext.train.fit` (best.pt, last.pt), or one read already
                         device='cpu'): # 'cpu', 'cuda', 'auto' or a torch device (`covidnext.core.resolve_device`)
-        "The predictor of a checkpoint: model, classes, size and geometry all read from the file."
-        ck = load_checkpoint(path, map_location='cpu')
-        cfg = ck.get('config') or {}
-        missing = [k for k in ('size', 'resize_mode') if k not in cfg] + ([] if 'classes' in ck else ['classes'])
-        if missing: raise CheckpointError(f"{path}: the checkpoint does not say its {', '.join(missing)} "
-                                          "(config['size'], config['resize_mode'], classes); it was not written by covidnext.train.fit")
-        try: model, _ = model_from_checkpoint(ck)
-        except (CheckpointError, ValueError) as e: raise CheckpointError(f"{path}: {e}") from None
-        if model.fc.out_features != len(ck['classes']):
-            raise CheckpointError(f"{path}: {len(ck['classes'])} class names for {model.fc.out_features} outputs")
-        meta = dict(classes=list(ck['classes']), size=int(cfg['size']), resize_mode=cfg['resize_mode'], arch=cfg.get('arch'),
-                    preprocess=ck.get('preprocess'), model_config=ck['model_config'], checkpoint=Path(path).name)
-        return cls(model, ck['classes'], cfg['size'], cfg['resize_mode'], device, meta)
+        "The predictor of a checkpoint: model, classes, size and geometry all read from it (`covidnext.checkpoint.read_checkpoint`)."
+        try: model, ck = model_from_checkpoint(src)
+        except ValueError as e: raise CheckpointError(f"{src}: {e}") from None
+        meta = dict(classes=ck.classes, size=ck.size, resize_mode=ck.resize_mode, arch=ck.arch, preprocess=ck.preprocess,
+                    model_config=ck.model_config, checkpoint=Path(ck.source).name if ck.source else None, schema_version=ck.version)
+        return cls(model, ck.classes, ck.size, ck.resize_mode, device, meta, ck)
 
     def __repr__(self): return (f"Predictor({self.meta.get('arch', type(self.model).__name__)}, {self.size} px {self.resize_mode}, "
                                 f"classes={self.classes}, device={self.device})")
@@ -193,7 +187,7 @@ class WithCam(nn.Module):
 
 # %% ../nbs/15_predict.ipynb #7a7b8ec2
 def onnx_metadata(pred:Predictor, # the predictor of the checkpoint being exported
-                  checkpoint, # the checkpoint's path (its name is recorded)
+                  checkpoint=None, # the checkpoint's path, whose name is recorded (default: the one `pred` was read from)
                   cam:bool=True, # the model has the `cam` output (`WithCam`)
                   fp16_weights:bool=False, # its large weights are stored as float16 (`half_weights`)
                  ) -> dict: # metadata key -> text
@@ -209,7 +203,8 @@ def onnx_metadata(pred:Predictor, # the predictor of the checkpoint being export
                             f"covidnext.infer.scale_cam(cam[i, class], {s}) gives the map an overlay shows") if cam else {}),
                 weights=('float16: stored as float16, cast to float32 in the graph, computed in float32' if fp16_weights else 'float32'),
                 preprocess=json.dumps(pred.meta.get('preprocess')), model_config=json.dumps(pred.meta.get('model_config')),
-                arch=str(pred.meta.get('arch')), source_checkpoint=Path(checkpoint).name, notice=NOTICE)
+                arch=str(pred.meta.get('arch')), source_checkpoint=Path(checkpoint).name if checkpoint else str(pred.meta.get('checkpoint')),
+                checkpoint_schema=str(pred.meta.get('schema_version')), notice=NOTICE)
 
 # %% ../nbs/15_predict.ipynb #8236336c
 def half_weights(model, # an `onnx.ModelProto`, changed in place
@@ -231,7 +226,7 @@ def half_weights(model, # an `onnx.ModelProto`, changed in place
     return model
 
 # %% ../nbs/15_predict.ipynb #2b22e957
-def export_onnx(checkpoint, # a covidnext checkpoint
+def export_onnx(checkpoint, # a covidnext checkpoint (a file, or one read), or its `Predictor`
                 out, # the .onnx file to write
                 opset:int=17, # ONNX opset
                 cam:bool=True, # add the output `cam`, every class's activation map (`WithCam`), which --explain draws
@@ -239,7 +234,7 @@ def export_onnx(checkpoint, # a covidnext checkpoint
                ) -> Path: # `out`, written whole or not at all
     "Export a checkpoint as ONNX: uint8 [B,1,size,size] in, probabilities (and class activation maps) out; classes and preprocessing in metadata_props."
     import onnx
-    pred = Predictor.from_checkpoint(checkpoint, 'cpu')
+    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, 'cpu')
     s, buf = pred.size, io.BytesIO()
     names = ['probs', 'cam'] if cam else ['probs']
     with warnings.catch_warnings():
@@ -250,7 +245,7 @@ def export_onnx(checkpoint, # a covidnext checkpoint
                           dynamic_axes={k: {0: 'batch'} for k in ['image', *names]}, do_constant_folding=True)
     m = onnx.load_model_from_string(buf.getvalue())
     if fp16_weights: half_weights(m)
-    meta = onnx_metadata(pred, checkpoint, cam, fp16_weights)
+    meta = onnx_metadata(pred, None, cam, fp16_weights)
     del m.metadata_props[:]
     for k, v in meta.items(): m.metadata_props.add(key=k, value=v)
     m.doc_string = '. '.join([meta['input'], meta['output'], *([meta['cam']] if cam else []), NOTICE.removesuffix('.')]) + '.'
@@ -269,12 +264,12 @@ def onnx_probs(path, # an .onnx file from `export_onnx`
 
 # %% ../nbs/15_predict.ipynb #78974720
 def onnx_parity(path, # an .onnx file from `export_onnx`
-                checkpoint, # the checkpoint it was exported from
+                checkpoint, # the checkpoint it was exported from (a file, or one read), or its `Predictor`
                 n:int=3, # random images to compare on
                 seed:int=0, # seed of the random images
                ) -> float: # max |difference| of the probabilities
     "How far onnxruntime's probabilities are from PyTorch's on `n` random uint8 images."
-    pred = Predictor.from_checkpoint(checkpoint)
+    pred = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint)
     x = torch.randint(0, 256, (n, 1, pred.size, pred.size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     return float(np.abs(onnx_probs(path, x.numpy()) - pred.probs(x).numpy()).max())
 
@@ -289,14 +284,14 @@ def export_cli(checkpoint:str, # the checkpoint to export (best.pt or last.pt of
               ):
     "Export a covidnext checkpoint to ONNX: input uint8 [batch,1,size,size], outputs class probabilities and class activation maps; classes and preprocessing in its metadata."
     print(NOTICE, file=sys.stderr)
-    try: path = export_onnx(checkpoint, out, opset, cam, fp16_weights)
+    try: pred = Predictor.from_checkpoint(checkpoint, 'cpu'); path = export_onnx(pred, out, opset, cam, fp16_weights)
     except (CheckpointError, ValueError, RuntimeError, OSError) as e: raise SystemExit(f"covidnext-export: {e}")
     msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB{', float16 weights' if fp16_weights else ''}{', cam output' if cam else ''})"
     if check:
         try: import onnxruntime  # noqa: F401
         except ImportError: msg += " (not checked: onnxruntime is not installed)"
         else:
-            d, tol = onnx_parity(path, checkpoint), 5e-3 if fp16_weights else 1e-4
+            d, tol = onnx_parity(path, pred), 5e-3 if fp16_weights else 1e-4
             if d > tol: raise SystemExit(f"covidnext-export: onnxruntime and PyTorch differ by {d:.2g} (> {tol:g})")
             msg += f"; onnxruntime matches PyTorch (max |diff| {d:.1g})"
     print(msg)

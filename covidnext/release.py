@@ -11,11 +11,10 @@ import pandas as pd
 import torch
 
 from .core import CLASSES, atomic_write, file_hash, jsonable, pct
-from .checkpoint import load_checkpoint
+from .checkpoint import read_checkpoint, resolve_checkpoints
 from .evaluate import split_cache
-from .infer import NOTICE, OnnxPredictor
+from .infer import MODEL_FILE, NOTICE, OnnxPredictor
 from .predict import Predictor, export_onnx
-from .shortcut import resolve_checkpoints
 from .study import comparison_markdown
 from .external import external_markdown, rate_text
 
@@ -23,15 +22,14 @@ from .external import external_markdown, rate_text
 __all__ = ['choose_release', 'release_parity', 'onnx_meta', 'model_card', 'release']
 
 # %% ../nbs/19_release.ipynb #35dcfee1
-def choose_release(checkpoints # checkpoint paths or glob patterns (`covidnext.shortcut.resolve_checkpoints`)
+def choose_release(checkpoints # checkpoint paths or glob patterns (`covidnext.checkpoint.resolve_checkpoints`)
                   ) -> tuple: # (the chosen checkpoint's path, a table of every candidate)
     "The checkpoint with the best validation macro-F1 (ties: the lowest seed), and the candidates' seeds, epochs and validation metrics."
     rows = []
     for p in resolve_checkpoints(checkpoints):
-        ck = load_checkpoint(p)
-        m, cfg = ck.get('metrics') or {}, ck.get('config') or {}
-        rows.append(dict(checkpoint=str(p), seed=cfg.get('seed'), epoch=ck.get('epoch'), val_macro_f1=m.get('macro_f1'),
-                         val_accuracy=m.get('accuracy')))
+        ck = read_checkpoint(p)
+        rows.append(dict(checkpoint=str(p), seed=ck.seed, epoch=ck.epoch, val_macro_f1=ck.metrics.get('macro_f1'),
+                         val_accuracy=ck.metrics.get('accuracy')))
     t = pd.DataFrame(rows)
     if t.val_macro_f1.isna().any(): raise ValueError(f"{t.checkpoint[t.val_macro_f1.isna()].iloc[0]}: no validation metrics in the checkpoint")
     best = t.sort_values(['val_macro_f1', 'seed'], ascending=[False, True], kind='stable').iloc[0]
@@ -39,7 +37,7 @@ def choose_release(checkpoints # checkpoint paths or glob patterns (`covidnext.s
 
 # %% ../nbs/19_release.ipynb #75d11dd7
 def release_parity(onnx_path, # the exported .onnx file
-                   checkpoint, # the checkpoint it was exported from
+                   pred, # the PyTorch predictor of the checkpoint it was exported from (`Predictor`), or that checkpoint
                    split_csv=None, # the split whose films are compared (default: the checkpoint's)
                    sources=None, # the sources folder (default: $COVIDNEXT_SOURCES)
                    cache=None, # a prebuilt cache of split_csv at the checkpoint's size
@@ -48,10 +46,10 @@ def release_parity(onnx_path, # the exported .onnx file
                    batch_size:int=64 # films per forward pass
                   ) -> dict:
     "Films compared, the share with the same predicted class, and the largest |difference| of a probability."
-    ck = load_checkpoint(checkpoint)
-    c = split_cache(ck.get('config') or {}, split, split_csv, sources, cache, cache_root)
+    pt = pred if isinstance(pred, Predictor) else Predictor.from_checkpoint(pred, 'cpu')
+    c = split_cache(pt.checkpoint.config, split, split_csv, sources, cache, cache_root)
     x = c.images(c.indices(split))
-    pt, onx = Predictor.from_checkpoint(checkpoint, 'cpu'), OnnxPredictor(onnx_path)
+    onx = OnnxPredictor(onnx_path)
     a = np.concatenate([pt.probs(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)])
     b = np.concatenate([onx.probs(x[i:i + batch_size].numpy()) for i in range(0, len(x), batch_size)])
     return dict(split=split, n=int(len(x)), same_class=float((a.argmax(1) == b.argmax(1)).mean()),
@@ -102,7 +100,7 @@ def _card_head(R:Path, rel:dict, names:list) -> list:
               f"{rel['epochs']} epoch{'s' * (rel['epochs'] != 1)}). It makes everything here work and shows what the study measures; a model of the GPU "
               "study (`covidnext-study --profile full`) replaces it when one is run.", '']
     return L + ['| | |', '|---|---|',
-          f"| file | `covidnext.onnx`, {rel['size_bytes'] / 2**20:.1f} MiB, sha256 `{rel['sha256']}` |",
+          f"| file | `{MODEL_FILE}`, {rel['size_bytes'] / 2**20:.1f} MiB, sha256 `{rel['sha256']}` |",
           f"| architecture | {rel['arch']}, {rel['params'] / 1e6:.1f}M parameters, trained from scratch; 4 classes: " + ', '.join(rel['classes']) + ' |',
           f"| input | one grayscale chest X-ray (PNG, JPEG or DICOM), fitted to {prep}; uint8 [batch, 1, {rel['size']}, {rel['size']}] |",
           "| outputs | `probs`: class probabilities [batch, 4]; `cam`: class activation maps (`covidnext-predict --explain`) |",
@@ -195,17 +193,18 @@ def model_card(reports # the study's reports folder: release.json, 15_external.j
     return '\n'.join(L)
 
 # %% ../nbs/19_release.ipynb #91cda1ae
-def _release_record(chosen:str, ck:dict, cands:pd.DataFrame, par:dict, stamp:dict, dest:Path, profile:str, split_csv=None) -> dict:
-    "`release.json`'s record of the model `dest` exported from the checkpoint `chosen` (loaded: `ck`), JSON-safe."
-    cfg = ck.get('config') or {}
-    n_params = sum(p.numel() for p in Predictor.from_checkpoint(chosen, 'cpu').model.parameters())
+def _release_record(pred:Predictor, cands:pd.DataFrame, par:dict, stamp:dict, dest:Path, profile:str, split_csv=None) -> dict:
+    "`release.json`'s record of the model `dest` exported from the predictor `pred` of the chosen checkpoint, JSON-safe."
+    ck = pred.checkpoint
+    cfg = ck.config
+    n_params = sum(p.numel() for p in pred.model.parameters())
     return jsonable(dict(
-        checkpoint=chosen, checkpoint_sha256=stamp['source_sha256'], candidates=cands.to_dict('records'),
-        chosen_by='validation macro-F1 (covidx-v1-public val)', model='covidnext.onnx', sha256=file_hash(dest),
+        checkpoint=ck.source, checkpoint_sha256=stamp['source_sha256'], candidates=cands.to_dict('records'),
+        chosen_by='validation macro-F1 (covidx-v1-public val)', model=MODEL_FILE, sha256=file_hash(dest),
         size_bytes=dest.stat().st_size, parity=par, profile=profile, commit=stamp['commit'], released=stamp['released'],
-        arch=cfg.get('arch'), seed=cfg.get('seed'), epoch=ck.get('epoch'), epochs=cfg.get('epochs'), size=cfg.get('size'),
+        arch=ck.arch, seed=ck.seed, epoch=ck.epoch, epochs=cfg.get('epochs'), size=ck.size,
         resize_mode=cfg.get('resize_mode', 'squash'), harmonize=cfg.get('harmonize', 'none'), source_aug=cfg.get('source_aug', 0.0),
-        params=n_params, classes=list(CLASSES), val=ck.get('metrics'), training_data=_counts(split_csv or cfg.get('split_csv'))))
+        params=n_params, classes=list(CLASSES), val=ck.metrics, training_data=_counts(split_csv or cfg.get('split_csv'))))
 
 # %% ../nbs/19_release.ipynb #4d2aacd9
 def release(runs, # the public runs' checkpoints: paths or a glob pattern
@@ -222,28 +221,28 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
     "Export the public run validation picks to `models/` (when it changed), record it in `<reports>/release.json`, and write the model card."
     chosen, cands = choose_release(runs)
     sha, models, reports = file_hash(chosen), Path(models), Path(reports)
-    dest, rec = models/'covidnext.onnx', reports/'release.json'
+    dest, rec = models/MODEL_FILE, reports/'release.json'
     old = onnx_meta(dest) if dest.is_file() else {}
     if old.get('source_sha256') == sha and rec.is_file(): what = f"{dest} unchanged (the same checkpoint, {Path(chosen).name})"
     elif old.get('profile') == 'full' and profile != 'full':
         return f"{dest} kept: a model of the full profile is not replaced by one of the {profile} profile"
     else:
-        ck = load_checkpoint(chosen)
-        tmp = models/'.covidnext.onnx.tmp'
+        pred = Predictor.from_checkpoint(chosen, 'cpu')      # read once: export, parity and the record use it
+        tmp = models/f'.{MODEL_FILE}.tmp'
         models.mkdir(parents=True, exist_ok=True)
         try:
-            export_onnx(chosen, tmp, cam=True, fp16_weights=True)
+            export_onnx(pred, tmp, cam=True, fp16_weights=True)
             stamp = dict(source_sha256=sha, profile=profile, commit=_git_rev(),
                          released=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d'))
             _set_meta(tmp, stamp)
-            par = release_parity(tmp, chosen, split_csv or (ck.get('config') or {}).get('split_csv'), sources, cache, cache_root)
+            par = release_parity(tmp, pred, split_csv or pred.checkpoint.config.get('split_csv'), sources, cache, cache_root)
             if par['same_class'] < min_same_class or par['max_abs_diff'] > max_diff:
                 raise ValueError(f"{chosen}: the exported model misses parity on {par['n']} {par['split']} films (same class "
                                  f"{100 * par['same_class']:.1f} %, max |diff| {par['max_abs_diff']:.3g}); not shipped")
             os.replace(tmp, dest)
         finally: tmp.unlink(missing_ok=True)
-        atomic_write(models/'covidnext.onnx.sha256', f"{file_hash(dest)}  covidnext.onnx\n")
-        atomic_write(rec, json.dumps(_release_record(chosen, ck, cands, par, stamp, dest, profile, split_csv), indent=1, allow_nan=False))
+        atomic_write(models/f'{MODEL_FILE}.sha256', f"{file_hash(dest)}  {MODEL_FILE}\n")
+        atomic_write(rec, json.dumps(_release_record(pred, cands, par, stamp, dest, profile, split_csv), indent=1, allow_nan=False))
         what = f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB, from {chosen}; parity: same class on {100 * par['same_class']:.1f} % of {par['n']} films, max |diff| {par['max_abs_diff']:.1g})"
     card = model_card(reports)
     if not (models/'README.md').is_file() or (models/'README.md').read_text() != card: atomic_write(models/'README.md', card)

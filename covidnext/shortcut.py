@@ -18,17 +18,15 @@ from sklearn.preprocessing import StandardScaler
 
 from fastcore.script import Param
 from .core import CLASSES, CLASS_TITLES, DataError, call_cli, jsonable, pct
-from .checkpoint import bare_model, load_checkpoint
+from .checkpoint import bare_model
 from .metrics import clopper_pearson, metric_ci, paired_change, paired_difference
-from .evaluate import evaluate_checkpoint, split_cache
-from .study import ensemble, mean_predictions
+from .evaluate import ensemble, evaluate_runs, mean_predictions
 
 # %% auto #0
-__all__ = ['TEST_METRICS', 'false_covid_rate', 'penultimate_features', 'source_probe', 'resolve_checkpoints', 'trained_on',
-           'evaluate_runs', 'source_table', 'summarize_runs', 'compare_shortcut', 'shortcut_markdown', 'untrained_like',
-           'probe_models', 'probe_table', 'false_covid_cases', 'shortcut_targets', 'shortcut_result',
-           'save_shortcut_report', 'choose_setting', 'screen_runs', 'screen_settings', 'screen_cli', 'screen_held_out',
-           'plot_screen']
+__all__ = ['TEST_METRICS', 'false_covid_rate', 'penultimate_features', 'source_probe', 'source_table', 'summarize_runs',
+           'compare_shortcut', 'shortcut_markdown', 'untrained_like', 'probe_models', 'probe_table',
+           'false_covid_cases', 'shortcut_targets', 'shortcut_result', 'save_shortcut_report', 'choose_setting',
+           'screen_runs', 'screen_settings', 'screen_cli', 'screen_held_out', 'plot_screen']
 
 # %% ../nbs/13_shortcut.ipynb #66c1a553
 def false_covid_rate(preds:pd.DataFrame, # predictions of normal films: `pred`, and `label`/`patient_id` when present
@@ -97,59 +95,6 @@ def source_probe(features, # [N,F] array or tensor
     return dict(sources=names, n=int(len(s)), n_per_source={n: int((s == n).sum()) for n in names}, patients_per_source=per,
                 n_splits=int(k), balanced_accuracy=float(np.mean(list(recall.values()))), chance=1 / len(names),
                 balanced_accuracy_folds=folds, recall=recall, confusion=cm.tolist(), seed=seed)
-
-# %% ../nbs/13_shortcut.ipynb #5c6b1d0c
-def resolve_checkpoints(spec # a checkpoint path or glob pattern, or a list of them
-                       ) -> list:
-    "The checkpoint files `spec` names, in order (patterns sorted); an error names what is missing."
-    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    out = []
-    for it in map(str, items):
-        hits = sorted(glob.glob(it)) if glob.has_magic(it) else ([it] if Path(it).is_file() else [])
-        if not hits: raise FileNotFoundError(f"{it}: no checkpoint found; train it first (nbs/study/11_train.ipynb, "
-                                             "as covidnext-study does)")
-        out += hits
-    if not out: raise FileNotFoundError("no checkpoints given")
-    return out
-
-# %% ../nbs/13_shortcut.ipynb #c8514a34
-def trained_on(cfg:dict # a checkpoint's training config
-              ) -> str:
-    "What a run trained on: its split.csv, or the split its cache was built from (and the cache), less the sources it left out."
-    if cfg.get('cache'):
-        meta = Path(cfg['cache'])/'meta.json'
-        split = json.loads(meta.read_text()).get('split') if meta.is_file() else None
-        s = f"{split} (cache {Path(cfg['cache']).name})" if split else f"cache {Path(cfg['cache']).name}"
-    else: s = str(cfg.get('split_csv'))
-    return s + (f" without {cfg['drop_sources']}" if cfg.get('drop_sources') else '')
-
-# %% ../nbs/13_shortcut.ipynb #da1efca9
-def evaluate_runs(checkpoints, # checkpoint paths or glob patterns (see `resolve_checkpoints`)
-                  splits=('test', 'test_adult'), # splits of `split_csv` to evaluate
-                  split_csv=None, # the covidx-v1-adult split.csv
-                  sources=None, # the sources folder (default: $COVIDNEXT_SOURCES)
-                  cache=None, # a prebuilt cache of split_csv at the checkpoints' size (instead of building one)
-                  cache_root='.cache', # where caches are built
-                  device:str='auto', # 'auto', 'cpu' or 'cuda'
-                  n_boot:int=1000, # bootstrap resamples of each evaluation
-                  seed:int=0 # seed of the bootstrap
-                 ) -> list:
-    "Each checkpoint on each split: [dict(checkpoint, arch, seed, epoch, config, val, results={split: ...}, preds={split: DataFrame})]."
-    runs, caches = [], {}
-    for path in resolve_checkpoints(checkpoints):
-        ck = load_checkpoint(path)
-        cfg = ck.get('config') or {}
-        key = (int(cfg.get('size', 0)), cfg.get('resize_mode', 'squash'))
-        if key not in caches: caches[key] = split_cache(cfg, splits[0], split_csv, sources, cache, cache_root).path
-        res, pred = {}, {}
-        for s in splits:
-            res[s], pred[s] = evaluate_checkpoint(ck, s, split_csv, sources, caches[key], cache_root, device, n_boot, seed)
-            res[s]['meta']['checkpoint'] = str(path)
-        m = ck.get('metrics') or {}
-        runs.append(dict(checkpoint=str(path), arch=cfg.get('arch'), seed=cfg.get('seed'), epoch=ck.get('epoch'),
-                         trained_on=trained_on(cfg), config=cfg, cache=str(caches[key]),
-                         val={k: m.get(k) for k in ('accuracy', 'macro_f1')}, results=res, preds=pred))
-    return runs
 
 # %% ../nbs/13_shortcut.ipynb #00abbfa6
 TEST_METRICS = ('accuracy', 'macro_f1', 'macro_recall', 'sensitivity_normal', 'sensitivity_COVID-19', 'ppv_COVID-19')
@@ -351,7 +296,7 @@ def screen_runs(candidates:dict, # {setting name: checkpoint path(s) or glob pat
                                                 "screen on the covidx-v1-adult split (covidnext-build --adult-normals)")
             fc, rest = false_covid_rate(adult), pr.drop(adult.index)
             rows.append(dict(setting=name, seed=r['seed'], arch=r['arch'], epoch=r['epoch'],
-                             trained_on=trained_on(cfg),
+                             trained_on=r['trained_on'],
                              **{k: cfg.get(k, d) for k, d in (('resize_mode', 'squash'), ('harmonize', 'none'), ('source_aug', 0.))},
                              val_macro_f1=res['macro_f1'], val_accuracy=res['accuracy'],
                              val_sens_covid=res['sensitivity']['COVID-19'],

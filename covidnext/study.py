@@ -12,12 +12,12 @@ import pandas as pd
 
 from .core import CLASSES, DataError, jsonable, pct
 from .metrics import evaluate_probs, paired_difference
+from .evaluate import ensemble, mean_predictions
 
 # %% auto #0
-__all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'mean_predictions', 'ensemble', 'candidates',
-           'compare_runs', 'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity',
-           'candidate_predictions', 'paired_table', 'seed_protocol_runs', 'seed_protocol_table',
-           'seed_protocol_markdown']
+__all__ = ['ANCHORS', 'METRICS', 'COMBINED', 'TARGETS', 'find_runs', 'load_run', 'candidates', 'compare_runs',
+           'comparison_markdown', 'candidate', 'targets_table', 'val_test_sensitivity', 'candidate_predictions',
+           'paired_table', 'seed_protocol_runs', 'seed_protocol_table', 'seed_protocol_markdown']
 
 # %% ../nbs/12_study.ipynb #c3751723
 ANCHORS = [
@@ -48,30 +48,6 @@ def load_run(folder, # a run's evaluation folder (`find_runs`'s `folder`)
     "(results, predictions) of one run and split."
     folder = Path(folder)
     return json.loads((folder/f'{split}_results.json').read_text()), pd.read_csv(folder/f'{split}_predictions.csv')
-
-# %% ../nbs/12_study.ipynb #4c029f8f
-def mean_predictions(preds:list, # per-image predictions of several models, same images in the same order
-                     classes=CLASSES # class names
-                    ) -> pd.DataFrame:
-    "The ensemble's per-image predictions: the mean probabilities and their argmax."
-    base = preds[0]
-    for p in preds[1:]:
-        if not p.path.reset_index(drop=True).equals(base.path.reset_index(drop=True)):
-            raise ValueError("the runs' predictions are not of the same images in the same order")
-    cols = [f'prob_{c}' for c in classes]
-    probs = np.mean([p[cols].to_numpy(float) for p in preds], axis=0)
-    return base.drop(columns=cols + ['pred']).assign(pred=[classes[i] for i in probs.argmax(1)], **dict(zip(cols, probs.T)))
-
-def ensemble(preds:list, # per-image predictions of several models, same images in the same order
-             classes=CLASSES, # class names
-             n_boot:int=1000, # bootstrap resamples of the ensemble's metrics
-             seed:int=0 # seed of the bootstrap
-            ) -> tuple[dict, pd.DataFrame]:
-    "Results and predictions of the mean probabilities of several runs' predictions of the same images."
-    out = mean_predictions(preds, classes)
-    y = np.array([list(classes).index(l) for l in out.label])
-    res = evaluate_probs(y, out[[f'prob_{c}' for c in classes]].to_numpy(float), out.patient_id.to_numpy(), classes, n_boot, seed)
-    return res, out
 
 # %% ../nbs/12_study.ipynb #93e279e0
 METRICS = ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall')

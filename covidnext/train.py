@@ -16,18 +16,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .core import CLASSES, DataError, resolve_device, sources_dir
+from .core import CLASSES, DataError, cli_parser, dashed_args, resolve_device, sources_dir
 from .cache import Cache, build_cache
 from .augment import AugmentConfig, GpuAugment
-from .model import create_model, HARMONIZE
-from .checkpoint import CheckpointError, CheckpointWriter, autocast, bare_model, load_checkpoint, predict_probs
+from .model import create_model, HARMONIZE, autocast, predict_probs
+from .checkpoint import CheckpointError, CheckpointWriter, bare_model, checkpoint_state, read_checkpoint
 from .metrics import classification_metrics
 
 # %% auto #0
-__all__ = ['TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows', 'load_split',
-           'epoch_order', 'SeedStyleDataset', 'seed_style_loader', 'make_loss', 'make_optimizer', 'make_scheduler',
-           'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'metric_columns', 'append_row',
-           'RunLogger', 'fit', 'train_cli']
+__all__ = ['RECIPES', 'TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows',
+           'load_split', 'epoch_order', 'SeedStyleDataset', 'seed_style_loader', 'make_loss', 'make_optimizer',
+           'make_scheduler', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'metric_columns',
+           'append_row', 'RunLogger', 'fit', 'train_parser', 'train_config', 'train_cli']
 
 # %% ../nbs/10_train.ipynb #c1c9a958
 def _f(default, help): return field(default=default, metadata={'help': help})  # a field and its --help text
@@ -51,19 +51,19 @@ class TrainConfig:
     # optimisation
     epochs: int = _f(30, "number of epochs")
     batch_size: int = _f(64, "images per step (per process under torchrun)")
-    optimizer: str = _f('adam', "'adam' (the seed's), 'adamw' or 'sgd'")
+    optimizer: str = _f('adamw', "'adamw' (the study's), 'adam' (the seed's) or 'sgd'")
     lr: float = _f(1e-3, "learning rate (peak rate for onecycle)")
-    weight_decay: float = _f(5e-4, "weight decay")
-    scheduler: str = _f('plateau', "'plateau' (ReduceLROnPlateau on val macro-F1), 'onecycle' or 'none'")
+    weight_decay: float = _f(0.05, "weight decay (the seed's: 5e-4)")
+    scheduler: str = _f('onecycle', "'onecycle' (the study's), 'plateau' (ReduceLROnPlateau on val macro-F1, the seed's) or 'none'")
     plateau_factor: float = _f(0.7, "ReduceLROnPlateau factor")
     plateau_patience: int = _f(5, "ReduceLROnPlateau patience (epochs)")
-    sampler: str = _f('random', "'random' (shuffle) or 'balanced' (class-balanced sampling with replacement)")
+    sampler: str = _f('balanced', "'balanced' (class-balanced sampling with replacement, the study's) or 'random' (shuffle, the seed's)")
     class_weighted: bool = _f(False, "weight the loss by inverse class frequency")
-    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy (the seed's: 0)")
     augment: bool = _f(True, "the seed's augmentations on training batches")
     source_aug: float = _f(0.0, "probability of each source-breaking augmentation on top of the seed's (random resized crop, blur, noise, JPEG re-compression; 0: off)")
     harmonize: str = _f('none', "intensity harmonization inside the model: 'none' or 'equalize' (per-image histogram equalization)")
-    ema: float = _f(0.0, "decay of an exponential moving average of the weights (e.g. 0.999; 0: off); validation, best.pt and predictions use the average")
+    ema: float = _f(0.999, "decay of an exponential moving average of the weights (0: off, the seed's); validation, best.pt and predictions use the average")
     early_stop: int = _f(0, "stop after this many epochs without a better val macro-F1 (0: off)")
     # speed
     pipeline: str = _f('gpu', "'gpu': cache resident on the device, batched augmentation; 'pil': seed-style per-image DataLoader")
@@ -100,6 +100,17 @@ class TrainConfig:
         bad = set(d) - names
         if bad: raise ValueError(f"unknown config keys {sorted(bad)}")
         return cls(**d)
+
+    @classmethod
+    def recipe(cls, name:str='study', # a key of `RECIPES`: 'study' (the defaults) or 'seed'
+               **fields # fields replacing the recipe's
+              ) -> TrainConfig:
+        "The config of a named recipe, with `fields` on top."
+        if name not in RECIPES: raise ValueError(f"unknown recipe {name!r}: {', '.join(RECIPES)}")
+        return cls.from_dict({**RECIPES[name], **fields})
+
+RECIPES = {'study': {},   # the defaults above
+           'seed': dict(optimizer='adam', weight_decay=5e-4, scheduler='plateau', sampler='random', label_smoothing=0.0, ema=0.0)}
 
 # %% ../nbs/10_train.ipynb #e80f7959
 def setup_distributed(device:str='auto' # 'auto', 'cpu' or 'cuda' (`covidnext.core.resolve_device`)
@@ -368,14 +379,12 @@ class EMA:
 
 # %% ../nbs/10_train.ipynb #a36e7af1
 def _state(model, opt, sched, cfg, epoch, step_in_epoch, global_step, gen, history, best, val=None, ema=None) -> dict:
-    "The checkpoint of a run at `epoch`, `step_in_epoch`: tensors and plain values only."
+    "The checkpoint of a run at `epoch`, `step_in_epoch` (`covidnext.checkpoint.checkpoint_state`): tensors and plain values only."
     m = bare_model(model)
     extra = {} if ema is None else dict(model_raw=m.state_dict(), ema_n=ema.n)
-    return dict(model=(ema.module if ema is not None else m).state_dict(), optimizer=opt.state_dict(), **extra, scheduler=sched.state_dict() if sched else None,
-                epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
-                aug_generator=gen.get_state(), torch_rng=torch.get_rng_state(),
-                config=asdict(cfg), model_config=m.cfg, classes=list(CLASSES),
-                preprocess={k: m.cfg.get(k, 'none') for k in ('in_chans', 'repeat_chans', 'input_size', 'scale', 'mean', 'std', 'harmonize')}, metrics=val or {}, history=history, best=best)
+    resume = dict(optimizer=opt.state_dict(), **extra, scheduler=sched.state_dict() if sched else None, step_in_epoch=step_in_epoch,
+                  global_step=global_step, aug_generator=gen.get_state(), torch_rng=torch.get_rng_state(), history=history, best=best)
+    return checkpoint_state((ema.module if ema is not None else m).state_dict(), m.cfg, asdict(cfg), CLASSES, epoch, val or {}, resume)
 
 def resume_from(path, # the run's last.pt
                 model:nn.Module, # the run's fresh model (trained weights)
@@ -385,12 +394,13 @@ def resume_from(path, # the run's last.pt
                 gen:torch.Generator # the augmentation's generator
                ) -> tuple[int, int, int, list, dict]:
     "Load a run's `last.pt` into its model, optimizer, schedule, weight average and RNGs; (epoch, step in epoch, global step, history, best)."
-    ck = load_checkpoint(path, map_location='cpu')
-    model.load_state_dict(ck['model_raw'] if ema is not None else ck['model']); opt.load_state_dict(ck['optimizer'])
-    if ema is not None: ema.module.load_state_dict(ck['model']); ema.n = ck['ema_n']
-    if sched is not None and ck['scheduler'] is not None: sched.load_state_dict(ck['scheduler'])
-    gen.set_state(ck['aug_generator']); torch.set_rng_state(ck['torch_rng'])
-    return ck['epoch'], ck['step_in_epoch'], ck['global_step'], ck['history'], ck['best']
+    ck = read_checkpoint(path, map_location='cpu')
+    r = ck.resume
+    model.load_state_dict(r['model_raw'] if ema is not None else ck.model); opt.load_state_dict(r['optimizer'])
+    if ema is not None: ema.module.load_state_dict(ck.model); ema.n = r['ema_n']
+    if sched is not None and r['scheduler'] is not None: sched.load_state_dict(r['scheduler'])
+    gen.set_state(r['aug_generator']); torch.set_rng_state(r['torch_rng'])
+    return ck.epoch, r['step_in_epoch'], r['global_step'], r['history'], r['best']
 
 # %% ../nbs/10_train.ipynb #1cef325c
 def metric_columns(m:dict, # a split's metrics (`validate`'s)
@@ -569,26 +579,30 @@ def fit(cfg:TrainConfig # everything the run depends on
         if world > 1 and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 # %% ../nbs/10_train.ipynb #b781c32c
-def _parser() -> argparse.ArgumentParser:
-    "`covidnext-train`'s parser: a flag for each field of `TrainConfig`, with its help text and default."
-    p = argparse.ArgumentParser(prog='covidnext-train', description="Train a COVIDx classifier (covidnext). Every option is a "
-                                "field of covidnext.train.TrainConfig; the resolved config is saved as OUT/config.json. "
-                                "Several GPUs: torchrun --nproc_per_node=N --no-python covidnext-train ...",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        name, h = '--' + f.name.replace('_', '-'), f.metadata.get('help', '')
-        if f.type in ('bool', bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=h)
-        else:
-            typ = {'int': int, 'float': float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            p.add_argument(name, type=typ, default=f.default, help=h)
+_ABOUT = ("Train a COVIDx classifier (covidnext). Every option is a field of covidnext.train.TrainConfig; its default is the "
+          "study's recipe (--recipe seed starts from the seed's instead), and the options given replace the recipe's values. "
+          "The resolved config is saved as OUT/config.json and in every checkpoint. "
+          "Several GPUs: torchrun --nproc_per_node=N --no-python covidnext-train ...")
+
+def train_parser() -> argparse.ArgumentParser:
+    "`covidnext-train`'s parser: `--recipe`, and a flag for each field of `TrainConfig` with its help text and the study's default."
+    p = cli_parser(TrainConfig, 'covidnext-train', _ABOUT, given_only=True)
+    p.add_argument('--recipe', choices=list(RECIPES), default='study',
+                   help="the recipe the options start from: study (the defaults shown) or seed (" +
+                        ', '.join(f'{k}={v}' for k, v in RECIPES['seed'].items()) + ") (default: study)")
     return p
+
+def train_config(argv:list # `covidnext-train`'s arguments
+                ) -> TrainConfig:
+    "The config `covidnext-train` resolves from its arguments: the recipe, then the options given."
+    p = train_parser()
+    a = vars(p.parse_args(dashed_args(list(map(str, argv)), p)))
+    return TrainConfig.recipe(a.pop('recipe'), **a)
 
 def train_cli(argv=None # the arguments; default: sys.argv[1:]
              ):
     "Entry point of `covidnext-train`."
-    a = vars(_parser().parse_args(argv))
-    try: s = fit(TrainConfig(**a))
+    try: s = fit(train_config(sys.argv[1:] if argv is None else argv))
     except (DataError, CheckpointError, NonFiniteLoss, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"covidnext-train: {e}")
     if int(os.environ.get('RANK', '0')) == 0:

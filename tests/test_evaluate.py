@@ -192,7 +192,7 @@ def trained(tmp_path_factory):
     k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(d / 'split.csv', index=False)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
-        fit(TrainConfig(split_csv=str(d / 'split.csv'), sources=str(SRC), cache_root=str(d / 'cache'), size=32,
+        fit(TrainConfig.recipe('seed', split_csv=str(d / 'split.csv'), sources=str(SRC), cache_root=str(d / 'cache'), size=32,
                         arch='resnet18', epochs=1, batch_size=16, augment=False, out=str(d / 'run'), progress=False,
                         device='cpu', log_images=False))
     finally: torch.set_num_threads(threads)

@@ -46,7 +46,7 @@ def data(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp('predict')
     k = pd.read_csv(kermany_split(d, ('normal', 'bacteria'), 32, ['train'] * 24 + ['val'] * 8, seed=1))
     torch.manual_seed(0)
-    fit(TrainConfig(split_csv=str(d / 'split.csv'), sources=str(SRC), cache_root=str(d / 'cache'), size=64, arch='resnet18',
+    fit(TrainConfig.recipe('seed', split_csv=str(d / 'split.csv'), sources=str(SRC), cache_root=str(d / 'cache'), size=64, arch='resnet18',
                     epochs=1, batch_size=8, augment=False, out=str(d / 'run'), progress=False, log_images=False, device='cpu'))
     return dict(dir=d, ckpt=d / 'run' / 'last.pt', images=[SRC / p for p in k.path[k.split == 'val']][:6])
 
@@ -134,6 +134,23 @@ def test_pickled_object_checkpoint_is_refused(data, tmp_path):
     assert r.returncode == 1
     assert 'refused' in r.stderr and not (tmp_path / 'x.onnx').exists()
     assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_a_checkpoint_of_the_previous_format_still_predicts_and_exports(data, tmp_path):
+    """A checkpoint of schema version 1 (written before the schema had a number: the resume entries at the top, a copy
+    of the preprocessing beside the model config) is read as it is: the same predictions, and an export that says so."""
+    from covidnext.checkpoint import RESUME_KEYS, read_checkpoint
+    from covidnext.release import onnx_meta
+    ck = load_checkpoint(data['ckpt'])
+    v1 = {k: v for k, v in ck.items() if k not in ('schema_version', 'resume', 'ood')}
+    v1 = {**v1, **ck['resume'], 'preprocess': read_checkpoint(ck).preprocess}
+    assert set(ck['resume']) <= set(RESUME_KEYS) and 'schema_version' not in v1
+    save_checkpoint(v1, tmp_path / 'v1.pt')
+    old, new = Predictor.from_checkpoint(tmp_path / 'v1.pt'), Predictor.from_checkpoint(data['ckpt'])
+    assert old.checkpoint.version == 1 and new.checkpoint.version == 2
+    assert np.array_equal(old.predict(data['images'][:3]), new.predict(data['images'][:3]))
+    assert run_cli(export_cli, tmp_path / 'v1.pt', tmp_path / 'v1.onnx', prog='covidnext-export').returncode == 0
+    assert onnx_meta(tmp_path / 'v1.onnx')['checkpoint_schema'] == '1'
 
 
 def test_preprocessing_and_classes_come_from_the_checkpoint(data, tmp_path):

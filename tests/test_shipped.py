@@ -101,6 +101,13 @@ def test_model_card_and_release_record_match_the_model(monkeypatch):
     assert (ROOT / 'models' / 'README.md').read_text() == model_card(reports)
 
 
+def test_shipped_model_names_its_checkpoint_schema():
+    "The shipped model's metadata names the schema version of the checkpoint it was exported from, one this covidnext reads."
+    from covidnext.checkpoint import SCHEMA_VERSION
+    from covidnext.release import onnx_meta
+    assert int(onnx_meta(MODEL)['checkpoint_schema']) in range(1, SCHEMA_VERSION + 1)
+
+
 # Runs a script in which a top-level import fails unless it is the standard library, covidnext itself, or a
 # distribution the README's light install names (or one those require): a process that has just what that install has.
 LIGHT = r'''

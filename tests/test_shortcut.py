@@ -173,7 +173,7 @@ def study(quick_study, tmp_path_factory):
     t0 = time.time()
     if not (runs / 'covidx-v1-adult' / 'resnet18-seed1').is_dir():
         cfg = json.loads((runs / 'covidx-v1-adult' / 'resnet18-seed0' / 'config.json').read_text())
-        fit(TrainConfig(**{**cfg, 'seed': 1, 'split_csv': str(w / 'out' / 'covidx-v1-adult' / 'split.csv'), 'cache_root': str(w / '.cache'),
+        fit(TrainConfig.recipe('seed', **{**cfg, 'seed': 1, 'split_csv': str(w / 'out' / 'covidx-v1-adult' / 'split.csv'), 'cache_root': str(w / '.cache'),
                            'out': str(runs / 'covidx-v1-adult' / 'resnet18-seed1'), 'log_images': False}))
     train_s = time.time() - t0
     env = {**os.environ, 'COVIDNEXT_SOURCES': str(SRC), 'OMP_NUM_THREADS': '2'}
@@ -251,7 +251,7 @@ def _rows(cache, split: str, drop: str) -> list:
     from covidnext.cache import Cache
     from covidnext.train import TrainConfig, load_split
     c = Cache(cache)
-    return c.table.path.values[load_split(c, split, TrainConfig(size=32, drop_sources=drop), 'cpu')[2]].tolist()
+    return c.table.path.values[load_split(c, split, TrainConfig.recipe('seed', size=32, drop_sources=drop), 'cpu')[2]].tolist()
 
 
 def test_study_from_one_adult_cache(quick_study):
@@ -273,7 +273,7 @@ def test_study_from_the_plus_cache_alone(splits, tmp_path):
     all of it. So a machine without the sources can screen every squash setting from that one file (tests/test_study.py
     checks that the study's plan passes it on, --plus-cache, with these drop_sources)."""
     from covidnext.cache import build_cache
-    from covidnext.shortcut import trained_on
+    from covidnext.evaluate import trained_on
     plus = build_cache(splits / 'covidx-v1-adult-covid' / 'split.csv', SRC, tmp_path / '.cache', 32, progress=False)
     for drop, name in (('cohen-unlisted', 'covidx-v1-adult'), ('radiography,cohen-unlisted', 'covidx-v1')):
         want = pd.read_csv(splits / name / 'split.csv')

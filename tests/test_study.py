@@ -19,6 +19,11 @@ ENV = {'OMP_NUM_THREADS': '2', **os.environ, 'COVIDNEXT_SOURCES': str(SRC.resolv
 def names(steps) -> list: return [s.name for s in steps]
 
 
+def cfg(step) -> dict:
+    "A training step's config (11_train's one parameter); another step's parameters."
+    return step.params.get('config', step.params)
+
+
 def by_name(steps, chosen=None) -> dict:
     "The plan's steps by name, with those after the screen for the choice `chosen`."
     more = [x for s in steps if s.then and chosen for x in s.then(chosen)]
@@ -43,26 +48,26 @@ def test_quick_plan_runs_every_step_seed_by_seed():
                             'resnet18 adult seed 0', 'resnet18 adult-all seed 0', 'screen']
     s = by_name(steps, 'adult-all')
     assert s['dataset'].params == dict(sources='S', out='out/covidx-v1') and s['dataset'].output == 'reports/quick/10_dataset.ipynb'
-    assert s['train resnet18 seed 1'].params == dict(arch='resnet18', seed=1, runs='runs/quick', split_csv='out/covidx-v1/split.csv',
-                                                      sources='S', epochs=1, size=32, subset=64, batch_size=16, ema=0.9,
-                                                      test_log=True)
+    assert s['train resnet18 seed 1'].params == {'config': dict(arch='resnet18', seed=1, out='runs/quick/resnet18-seed1',
+                                                                 split_csv='out/covidx-v1/split.csv', sources='S', epochs=1, size=32,
+                                                                 subset=64, batch_size=16, ema=0.9, test_log=True)}
     assert s['evaluate resnet18 seed 1'].params['checkpoint'] == 'runs/quick/resnet18-seed1/best.pt'
     assert s['compare'].params == dict(reports='reports/quick')
     assert s['split covidx-v1-adult'].params == dict(sources='S', split_files='S/covidx-v1-splits', out='out/covidx-v1-adult',
                                                       adult_normals=True)
     assert by_name(steps, 'adult')['release'].params['models'] == 'runs/quick/models'
-    assert s['resnet18 adult-all seed 0'].params == dict(arch='resnet18', seed=0, runs='runs/quick/shortcut/adult-all',
-                                                          split_csv='out/covidx-v1-adult/split.csv', sources='S', epochs=1, size=32,
-                                                          subset=64, batch_size=16, ema=0.9, resize_mode='pad', harmonize='equalize',
-                                                          source_aug=0.5)
+    assert s['resnet18 adult-all seed 0'].params == {'config': dict(arch='resnet18', seed=0, out='runs/quick/shortcut/adult-all/resnet18-seed0',
+                                                                     split_csv='out/covidx-v1-adult/split.csv', sources='S', epochs=1,
+                                                                     size=32, subset=64, batch_size=16, ema=0.9, resize_mode='pad',
+                                                                     harmonize='equalize', source_aug=0.5)}
     assert list(s['screen'].params['candidates']) == ['v1', 'adult', 'adult-all']
     assert names(steps[-1].then('adult-all')) == ['resnet18 adult-all seed 1', 'shortcut', 'resnet18 public-all seed 0',
                                                   'resnet18 public-all seed 1', 'external', 'release', 'html']
     assert s['split covidx-v1-public'].params == dict(sources='S', split_files='S/covidx-v1-splits', out='out/covidx-v1-public',
                                                        adult_normals=True, more_covid=True, external=True)
-    pub = s['resnet18 public-all seed 1'].params
-    assert (pub['runs'], pub['split_csv'], pub['resize_mode'], pub['harmonize']) == ('runs/quick/public-all', 'out/covidx-v1-public/split.csv',
-                                                                                     'pad', 'equalize')
+    pub = s['resnet18 public-all seed 1'].params['config']
+    assert (pub['out'], pub['split_csv'], pub['resize_mode'], pub['harmonize']) == ('runs/quick/public-all/resnet18-seed1',
+                                                                                    'out/covidx-v1-public/split.csv', 'pad', 'equalize')
     assert 'test_log' not in pub                                                        # the seed's protocol: the variants only
     assert s['external'].params['runs_public'] == 'runs/quick/public-all/resnet18-seed*/best.pt'
     assert s['release'].params['models'] == 'runs/quick/models'                        # quick never touches the shipped model
@@ -77,29 +82,47 @@ def test_full_and_cpu_profiles():
     trains = [n for n in full if n.startswith('train ')]
     assert trains == [f'train {a} seed {s}' for s in (0, 1, 2) for a in ('covidnext50', 'resnext50_32x4d', 'resnet18', 'covidnext50-frozen')]
     fr = full['train covidnext50-frozen seed 2']
-    assert fr.params == dict(arch='covidnext50', name='covidnext50-frozen', freeze_backbone=True, seed=2, runs='runs',
-                             split_csv='out/covidx-v1/split.csv', sources='S', epochs=30, size=224, test_log=True)
+    assert fr.params == {'config': dict(arch='covidnext50', freeze_backbone=True, seed=2, out='runs/covidnext50-frozen-seed2',
+                                        split_csv='out/covidx-v1/split.csv', sources='S', epochs=30, size=224, test_log=True)}
     assert fr.output == 'reports/11_train_covidnext50-frozen_seed2.ipynb'
     assert full['evaluate covidnext50-frozen seed 2'].params['checkpoint'] == 'runs/covidnext50-frozen-seed2/best.pt'
     assert full['split covidx-v1-adult-covid'].params['more_covid'] is True            # a plus setting is screened
     assert full['split covidx-v1-adult-covid'].after == ('split covidx-v1-adult',)
     assert list(full['screen'].params['candidates']) == ['v1', 'adult', 'adult-pad', 'adult-equalize', 'adult-srcaug', 'adult-all',
                                                          'v1-all', 'plus', 'plus-equalize']
-    assert full['resnet18 plus-equalize seed 0'].params['split_csv'] == 'out/covidx-v1-adult-covid/split.csv'
-    assert full['resnet18 v1-all seed 0'].params['split_csv'] == 'out/covidx-v1/split.csv'
+    assert full['resnet18 plus-equalize seed 0'].params['config']['split_csv'] == 'out/covidx-v1-adult-covid/split.csv'
+    assert full['resnet18 v1-all seed 0'].params['config']['split_csv'] == 'out/covidx-v1/split.csv'
     assert [n for n in full if n.startswith('resnet18 adult seed')] == ['resnet18 adult seed 0', 'resnet18 adult seed 1', 'resnet18 adult seed 2']
     cpu = by_name(plan(load_profile('cpu'), sources='S'), 'adult-equalize')
     assert [n for n in cpu if n.startswith('train ')] == ['train resnet18 seed 0', 'train resnet18 seed 1', 'train resnet18 seed 2']
-    assert cpu['train resnet18 seed 2'].params == dict(arch='resnet18', seed=2, runs='runs/cpu', split_csv='out/covidx-v1/split.csv',
-                                                             sources='S', epochs=8, size=64, ema=0.99, test_log=True)
+    assert cpu['train resnet18 seed 2'].params == {'config': dict(arch='resnet18', seed=2, out='runs/cpu/resnet18-seed2',
+                                                                   split_csv='out/covidx-v1/split.csv', sources='S', epochs=8, size=64,
+                                                                   ema=0.99, test_log=True)}
     assert full['release'].params['models'] == cpu['release'].params['models'] == 'models'     # the shipped model
+
+
+def test_train_defaults_are_the_study_recipe():
+    """`covidnext-train --split-csv ... --arch resnet18 --size 64 --epochs 8` with no other flag trains the study's recipe:
+    its resolved config differs from the cpu profile's run of seed 0 only where the profile or the plan say so (the run's
+    place, the sources, the test log and the cpu profile's shorter weight average), never in the recipe."""
+    from dataclasses import asdict
+    from covidnext.train import TrainConfig, train_config
+    cli = asdict(train_config(['--split-csv', 'out/covidx-v1/split.csv', '--arch', 'resnet18', '--size', '64', '--epochs', '8']))
+    step = by_name(plan(load_profile('cpu'), sources='S'), 'adult')['train resnet18 seed 0']
+    study = asdict(TrainConfig.from_dict({'progress': False, **step.params['config']}))      # as 11_train builds it
+    differ = {k for k in cli if cli[k] != study[k]}
+    assert differ == {'out', 'sources', 'test_log', 'progress', 'ema'}, differ
+    assert load_profile('cpu')['train']['ema'] == study['ema'] == 0.99 and cli['ema'] == TrainConfig().ema
+    recipe = ('optimizer', 'lr', 'weight_decay', 'scheduler', 'sampler', 'label_smoothing', 'batch_size', 'augment')
+    assert {k: cli[k] for k in recipe} == {k: study[k] for k in recipe} == dict(optimizer='adamw', lr=1e-3, weight_decay=0.05,
+        scheduler='onecycle', sampler='balanced', label_smoothing=0.1, batch_size=64, augment=True)
 
 
 def test_flags_replace_the_profile():
     p = load_profile('quick', archs=['resnet18', 'covidnext50-frozen'], seeds=[3], epochs=2, mitigations=['plus'], shortcut_arch='resnet18')
     s = by_name(plan(p, sources='S', dataset=False, out='o'), 'plus')
     assert 'dataset' not in s and s['train covidnext50-frozen seed 3'].after == ()
-    assert s['train resnet18 seed 3'].params['epochs'] == 2 and s['train resnet18 seed 3'].params['split_csv'] == 'o/covidx-v1/split.csv'
+    assert s['train resnet18 seed 3'].params['config']['epochs'] == 2 and s['train resnet18 seed 3'].params['config']['split_csv'] == 'o/covidx-v1/split.csv'
     assert [n for n in s if n.startswith('split')] == ['split covidx-v1-adult', 'split covidx-v1-adult-covid', 'split covidx-v1-public']
     assert names(plan(p, sources='S', dataset=False)[-1].then('plus')) == ['shortcut', 'resnet18 public seed 3', 'external',
                                                                            'release', 'html']   # one seed: nothing more to train
@@ -108,7 +131,7 @@ def test_flags_replace_the_profile():
     s = by_name(plan(load_profile('quick', archs=[]), sources='S'), 'adult')
     assert 'compare' not in s and s['split covidx-v1-adult'].after == ('dataset',)
     assert [n for n in s if 'v1 seed' in n] == ['resnet18 v1 seed 0', 'resnet18 v1 seed 1']
-    assert s['resnet18 v1 seed 1'].params['runs'] == 'runs/quick/shortcut/v1'
+    assert s['resnet18 v1 seed 1'].params['config']['out'] == 'runs/quick/shortcut/v1/resnet18-seed1'
     assert s['screen'].params['candidates']['v1'] == 'runs/quick/shortcut/v1/resnet18-seed0/best.pt'
     assert s['shortcut'].params['runs_v1'] == 'runs/quick/shortcut/v1/resnet18-seed*/best.pt'
     assert names(plan(load_profile('quick'), shortcut=False))[-2:] == ['compare', 'html']
@@ -123,7 +146,7 @@ def test_plan_from_one_adult_cache():
     p = load_profile('quick', archs=['resnet18'], seeds=[0, 1], mitigations=['adult', 'v1-equalize', 'plus'])
     steps = plan(p, sources='no-sources', dataset=False, adult_cache='c/adult-32', plus_cache='c/plus-32', public_cache='c/public-32')
     s = by_name(steps, 'plus')
-    ref = s['train resnet18 seed 0'].params
+    ref = s['train resnet18 seed 0'].params['config']
     assert ref['drop_sources'] == 'radiography' and ref['cache'] == 'c/adult-32' and 'sources' not in ref
     assert s['evaluate resnet18 seed 0'].params == dict(name='resnet18_seed0', checkpoint='runs/quick/resnet18-seed0/best.pt',
                                                               out='reports/quick', cache='c/adult-32', drop_sources='radiography')
@@ -131,9 +154,9 @@ def test_plan_from_one_adult_cache():
     assert list(s['screen'].params['candidates']) == ['v1', 'adult', 'v1-equalize', 'plus']
     assert s['screen'].params == dict(candidates=s['screen'].params['candidates'], split_csv='out/covidx-v1-adult/split.csv',
                                       cache='c/adult-32', out='reports/quick/14_screen.json')
-    assert s['resnet18 plus seed 0'].params['cache'] == 'c/plus-32' and 'drop_sources' not in s['resnet18 plus seed 0'].params
-    assert s['resnet18 adult seed 0'].params['cache'] == 'c/adult-32' and 'drop_sources' not in s['resnet18 adult seed 0'].params
-    eq = s['resnet18 v1-equalize seed 0'].params
+    assert cfg(s['resnet18 plus seed 0'])['cache'] == 'c/plus-32' and 'drop_sources' not in cfg(s['resnet18 plus seed 0'])
+    assert cfg(s['resnet18 adult seed 0'])['cache'] == 'c/adult-32' and 'drop_sources' not in cfg(s['resnet18 adult seed 0'])
+    eq = cfg(s['resnet18 v1-equalize seed 0'])
     assert (eq['harmonize'], eq['cache'], eq['drop_sources']) == ('equalize', 'c/adult-32', 'radiography')
     assert s['shortcut'].params == dict(runs_v1='runs/quick/resnet18-seed*/best.pt', runs_adult='runs/quick/shortcut/plus/resnet18-seed*/best.pt',
                                              label_adult='chosen on validation: plus', screen='reports/quick/14_screen.json',
@@ -141,7 +164,7 @@ def test_plan_from_one_adult_cache():
     assert all(s[f'resnet18 {m} seed 0'].html == (f'reports/quick/11_train_shortcut_{m}_resnet18_seed0.ipynb',)
                for m in ('adult', 'v1-equalize', 'plus'))
     assert s['html'].params == dict(reports='reports/quick/1[345]_*.ipynb')              # the comparison, 14_shortcut, 15_external
-    assert s['resnet18 public seed 0'].params['cache'] == s['external'].params['cache'] == s['release'].params['cache'] == 'c/public-32'
+    assert cfg(s['resnet18 public seed 0'])['cache'] == s['external'].params['cache'] == s['release'].params['cache'] == 'c/public-32'
     ran, log = stand_in(steps, 'plus', parallel=2)
     assert names(ran)[-3:] == ['external', 'release', 'html'] and names(ran).index('screen') < names(ran).index('resnet18 plus seed 1')
 
@@ -159,7 +182,7 @@ def test_resume_where_the_reports_are_kept_but_not_the_checkpoints():
     s = by_name(ran)
     assert s['resnet18 seed 0'].html == ('reports/quick/11_train_resnet18_seed0.ipynb', 'reports/quick/12_evaluate_resnet18_seed0.ipynb')
     assert s['resnet18 v1 seed 1'].output == 'reports/quick/11_train_shortcut_v1_resnet18_seed1.ipynb'
-    assert s['resnet18 v1 seed 1'].params['resume'] is True and s['resnet18 v1 seed 1'].params['runs'] == 'runs/quick/shortcut/v1'
+    assert cfg(s['resnet18 v1 seed 1'])['resume'] is True and cfg(s['resnet18 v1 seed 1'])['out'] == 'runs/quick/shortcut/v1/resnet18-seed1'
     assert s['shortcut'].params['runs_v1'] == 'runs/quick/shortcut/v1/resnet18-seed*/best.pt'
     assert list(s['screen'].params['candidates'])[:2] == ['v1', 'adult']
     assert s['screen'].params['candidates']['v1'] == 'runs/quick/shortcut/v1/resnet18-seed0/best.pt'
@@ -175,8 +198,8 @@ def test_plan_from_the_plus_cache_alone():
     covidx-v1-adult, without the adult films as well COVIDx-v1 (tests/test_shortcut.py checks both on a real cache)."""
     p = load_profile('quick', archs=['resnet18'], seeds=[0], mitigations=['adult', 'plus'])
     s = by_name(plan(p, sources='no-sources', dataset=False, plus_cache='c/plus-32', public_cache='c/public-32'), 'adult')
-    assert (s['train resnet18 seed 0'].params['drop_sources'], s['resnet18 adult seed 0'].params['drop_sources'],
-            s['resnet18 plus seed 0'].params.get('drop_sources', '')) == ('radiography,cohen-unlisted', 'cohen-unlisted', '')
+    assert (cfg(s['train resnet18 seed 0'])['drop_sources'], cfg(s['resnet18 adult seed 0'])['drop_sources'],
+            cfg(s['resnet18 plus seed 0']).get('drop_sources', '')) == ('radiography,cohen-unlisted', 'cohen-unlisted', '')
     assert s['evaluate resnet18 seed 0'].params['drop_sources'] == 'radiography,cohen-unlisted'
     assert list(s['screen'].params['candidates']) == ['v1', 'adult', 'plus'] and s['screen'].params['cache'] == 'c/plus-32'
     assert s['shortcut'].params['cache'] == 'c/plus-32' and 'drop_sources' not in s['shortcut'].params   # held-out splits: no added film
@@ -187,9 +210,9 @@ def test_pad_settings_need_the_sources():
     "A letterboxed setting (-pad, -all) trains from the sources even where a squash cache is given."
     p = load_profile('quick', mitigations=['adult-pad', 'v1-all', 'plus-all'])
     s = by_name(plan(p, sources='S', adult_cache='c/a', plus_cache='c/p'), 'adult-pad')
-    assert s['resnet18 adult-pad seed 0'].params['split_csv'] == 'out/covidx-v1-adult/split.csv' and 'cache' not in s['resnet18 adult-pad seed 0'].params
-    assert s['resnet18 v1-all seed 0'].params['split_csv'] == 'out/covidx-v1/split.csv'
-    assert s['resnet18 plus-all seed 0'].params['split_csv'] == 'out/covidx-v1-adult-covid/split.csv'
+    assert cfg(s['resnet18 adult-pad seed 0'])['split_csv'] == 'out/covidx-v1-adult/split.csv' and 'cache' not in cfg(s['resnet18 adult-pad seed 0'])
+    assert cfg(s['resnet18 v1-all seed 0'])['split_csv'] == 'out/covidx-v1/split.csv'
+    assert cfg(s['resnet18 plus-all seed 0'])['split_csv'] == 'out/covidx-v1-adult-covid/split.csv'
     assert s['shortcut'].params['sources'] == 'S' and 'cache' not in s['shortcut'].params
     with pytest.raises(SystemExit, match='no/such/folder: the sources folder does not exist'):   # caught before anything runs
         study_cli(['--adult-cache', 'c/a', '--no-dataset', '--sources', 'no/such/folder', '--mitigations', 'adult-pad', '--archs'])
@@ -249,7 +272,7 @@ def test_quick_profile_writes_every_report(quick_study):
 def test_parameters_and_device_recorded(quick_study):
     nb = json.loads((quick_study / 'reports' / 'quick' / '11_train_resnet18_seed1.ipynb').read_text())
     params = nb['metadata']['papermill']['parameters']
-    assert params['arch'] == 'resnet18' and params['seed'] == 1 and params['size'] == 32
+    assert params['config']['arch'] == 'resnet18' and params['config']['seed'] == 1 and params['config']['size'] == 32
     out = ''.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
     assert 'device: cpu' in out
     for c in nb['cells']:
@@ -381,7 +404,7 @@ def test_resume_picks_up_a_stopped_study(quick_study, tmp_path):
     assert (rq / '11_train_resnet18_seed0.ipynb').stat().st_mtime_ns == kept
     assert (rq / '11_train_resnet18_seed0.html').is_file()               # ... and its HTML made from the kept report
     nb = json.loads((rq / '11_train_resnet18_seed1.ipynb').read_text())
-    assert nb['metadata']['papermill']['parameters']['resume'] is True
+    assert nb['metadata']['papermill']['parameters']['config']['resume'] is True
     # the finished run was not trained again: same history, read back from its last.pt
     assert json.loads((w / 'runs' / 'quick' / 'resnet18-seed1' / 'summary.json').read_text())['history'] == hist1
     assert (rq / '12_evaluate_resnet18_seed1' / 'test_results.json').is_file()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SRC, kermany_split, run_cli
-from covidnext.checkpoint import load_checkpoint
+from covidnext.checkpoint import RESUME_KEYS, load_checkpoint, read_checkpoint
 from covidnext.train import train_cli
 
 BIN = Path(sys.executable).parent
@@ -28,7 +28,7 @@ def split_csv(tmp_path_factory) -> Path:
 def train_args(split_csv, out, *extra) -> list:
     return [BIN / 'covidnext-train', '--split-csv', split_csv, '--sources', SRC, '--cache-root', split_csv.parent / 'cache',
             '--size', SIZE, '--arch', 'resnet18', '--epochs', '2', '--batch-size', '8', '--device', 'cpu',
-            '--deterministic', '--no-progress', '--out', out, *extra]
+            '--deterministic', '--no-progress', '--recipe', 'seed', '--out', out, *extra]
 
 
 def run(args, **kw):
@@ -64,8 +64,8 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     ema = ('--ema', '0.99')                                       # the weight average must resume exactly too
     every = ('--ckpt-every', '6')                                  # 12 steps an epoch: one mid-epoch checkpoint each
     run_here(train_args(split_csv, tmp_path / 'A', *every, *ema))  # the reference, uninterrupted
-    full = load_checkpoint(tmp_path / 'A' / 'last.pt')
-    assert full['global_step'] == 24 and full['epoch'] == 1
+    full = read_checkpoint(tmp_path / 'A' / 'last.pt')
+    assert full.resume['global_step'] == 24 and full.epoch == 1
     # the same run, killed with SIGKILL as soon as its first mid-epoch checkpoint exists
     p = subprocess.Popen([str(a) for a in train_args(split_csv, tmp_path / 'B', *every, *ema)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,28 +73,30 @@ def test_resume_after_sigkill_is_exact(split_csv, tmp_path):
     t0 = time.time()
     while not last.exists() and p.poll() is None and time.time() - t0 < 300: time.sleep(0.005)
     p.send_signal(signal.SIGKILL); p.wait()
-    killed = load_checkpoint(last)                               # never half-written: it loads
-    assert killed['global_step'] < 24, "the run ended before it could be killed"
+    killed = read_checkpoint(last)                               # never half-written: it loads
+    assert killed.resume['global_step'] < 24, "the run ended before it could be killed"
     (tmp_path / 'B' / '.last.pt.x1y2.tmp').write_bytes(b'half a checkpoint')   # as a kill during a write leaves
     run(train_args(split_csv, tmp_path / 'B', *every, '--resume', *ema))
     assert not list((tmp_path / 'B').glob('*.tmp'))                 # the resumed run cleared it
-    resumed = load_checkpoint(last)
-    assert resumed['global_step'] == 24
-    for key in ('model', 'model_raw'):                             # the average and the trained weights
-        a, b = full[key], resumed[key]
+    resumed = read_checkpoint(last)
+    assert resumed.resume['global_step'] == 24
+    for a, b in ((full.model, resumed.model), (full.resume['model_raw'], resumed.resume['model_raw'])):  # the average and the trained weights
         assert a.keys() == b.keys()
         diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
-        assert diff <= 1e-6, (key, diff)
-    assert [round(h['val_macro_f1'], 6) for h in full['history']] == [round(h['val_macro_f1'], 6) for h in resumed['history']]
+        assert diff <= 1e-6, diff
+    assert [round(h['val_macro_f1'], 6) for h in full.resume['history']] == [round(h['val_macro_f1'], 6) for h in resumed.resume['history']]
 
 
 def test_checkpoint_is_complete_and_safe(one_epoch):
-    ck = torch.load(one_epoch / 'best.pt', weights_only=True)
-    for k in ('model', 'optimizer', 'scheduler', 'epoch', 'step_in_epoch', 'global_step', 'aug_generator', 'torch_rng',
-              'config', 'model_config', 'classes', 'preprocess', 'metrics', 'history', 'best'):
-        assert k in ck, k
-    assert ck['classes'] == ['normal', 'bacteria', 'viral', 'COVID-19'] and ck['config']['arch'] == 'resnet18'
-    assert ck['preprocess']['scale'] == 'unit' and ck['preprocess']['input_size'] == SIZE
+    raw = torch.load(one_epoch / 'best.pt', weights_only=True)
+    for k in ('schema_version', 'model', 'epoch', 'config', 'model_config', 'classes', 'metrics', 'ood', 'resume'):
+        assert k in raw, k
+    for k in ('optimizer', 'scheduler', 'step_in_epoch', 'global_step', 'aug_generator', 'torch_rng', 'history', 'best'):
+        assert k in raw['resume'], k
+    assert set(raw['resume']) <= set(RESUME_KEYS)
+    ck = read_checkpoint(one_epoch / 'best.pt')
+    assert ck.classes == ['normal', 'bacteria', 'viral', 'COVID-19'] and ck.config['arch'] == 'resnet18'
+    assert ck.preprocess['scale'] == 'unit' and ck.preprocess['input_size'] == SIZE
     assert json.loads((one_epoch / 'config.json').read_text())['size'] == SIZE
     assert not list(one_epoch.glob('*.tmp'))
 
@@ -128,7 +130,7 @@ def test_torchrun_two_cpu_processes(split_csv, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'config.json', 'last.pt', 'log.csv', 'summary.json', 'tb']
     assert len(list((out / 'tb').iterdir())) == 1                # one event file: rank 0 alone logs
     assert len(pd.read_csv(out / 'log.csv')) == 1
-    assert load_checkpoint(out / 'last.pt')['global_step'] == 6
+    assert read_checkpoint(out / 'last.pt').resume['global_step'] == 6
 
 
 def test_train_help_explains_every_option():
