@@ -147,7 +147,7 @@ class Study:
         return (self.plus_cache, 'cohen-unlisted') if self.plus_cache else (None, '')
 
     def train_params(self) -> dict:
-        "The profile's 11_train parameters, and `resume` when resuming (a stopped run continues from its last.pt)."
+        "The profile's training fields (`covidnext.train.TrainConfig`'s, on the study's recipe), and `resume` when resuming (a stopped run continues from its last.pt)."
         return {**self.profile['train'], **({'resume': True} if self.resume else {})}
 
 # %% ../nbs/20_run.ipynb #d5275c33
@@ -185,7 +185,7 @@ SETTINGS = {'': {}, 'pad': dict(resize_mode='pad'), 'equalize': dict(harmonize='
             'all': dict(resize_mode='pad', harmonize='equalize', source_aug=0.5)}
 
 def mitigation(setting:str # <v1|adult|plus|public>[-pad|-equalize|-srcaug|-all]
-              ) -> tuple: # (its training split: v1, adult, plus or public; its 11_train parameters)
+              ) -> tuple: # (its training split: v1, adult, plus or public; its training config fields)
     "A setting's training split and parameters (public: covidx-v1-public, trained after the screen, never screened)."
     split, _, m = setting.partition('-')
     if split not in ('v1', 'adult', 'plus', 'public') or m not in SETTINGS:
