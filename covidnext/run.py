@@ -367,7 +367,7 @@ def check_params(steps:list # steps of a plan
     "Refuse a notebook step whose parameters its notebook does not have, or whose `config` is not a valid training config."
     known = {}
     for s in steps:
-        if s.kind != 'notebook': continue
+        if s.kind != 'notebook' or not Path(s.notebook).is_file(): continue   # a missing notebook: the step fails when it runs, naming it
         names = known.setdefault(s.notebook, notebook_parameters(s.notebook))
         if bad := sorted(set(s.params) - names):
             raise ValueError(f"step '{s.name}': {s.notebook} has no parameter {', '.join(bad)} (it has {', '.join(sorted(names))})")
