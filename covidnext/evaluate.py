@@ -261,7 +261,6 @@ def evaluate_runs(checkpoints, # checkpoint paths or glob patterns (see `resolve
         res, pred = {}, {}
         for s in splits:
             res[s], pred[s] = evaluate_checkpoint(ck, s, split_csv, sources, caches[key], cache_root, device, n_boot, seed)
-            res[s]['meta']['checkpoint'] = str(path)
         m = ck.metrics
         runs.append(dict(checkpoint=str(path), arch=ck.arch, seed=ck.seed, epoch=ck.epoch,
                          trained_on=trained_on(cfg), config=cfg, cache=str(caches[key]),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_predict.ipynb #6d43f2f9
 from __future__ import annotations
-import io, json, sys, warnings
+import dataclasses, io, json, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ class Predictor(BasePredictor):
                  resize_mode:str, # geometry from the image to the input: 'squash' or 'pad' (`covidnext.io.fit_image`)
                  device='cpu', # where the model runs (`covidnext.core.resolve_device`)
                  meta:dict|None=None, # what the checkpoint says about itself (arch, model_config, preprocess, schema version)
-                 checkpoint:Checkpoint|None=None): # the checkpoint it was read from (`covidnext.checkpoint.read_checkpoint`)
+                 checkpoint:Checkpoint|None=None): # the checkpoint it was read from (`covidnext.checkpoint.read_checkpoint`), without its tensors
         self.device = resolve_device(device)
         self.model, self.classes, self.size, self.resize_mode = model.to(self.device).eval(), list(classes), int(size), resize_mode
         self.meta, self.checkpoint = meta or {}, checkpoint
@@ -44,6 +44,7 @@ class Predictor(BasePredictor):
         except ValueError as e: raise CheckpointError(f"{src}: {e}") from None
         meta = dict(classes=ck.classes, size=ck.size, resize_mode=ck.resize_mode, arch=ck.arch, preprocess=ck.preprocess,
                     model_config=ck.model_config, checkpoint=Path(ck.source).name if ck.source else None, schema_version=ck.version)
+        ck = dataclasses.replace(ck, model={}, resume={})   # its description: the weights live in `model` now, not twice
         return cls(model, ck.classes, ck.size, ck.resize_mode, device, meta, ck)
 
     def __repr__(self): return (f"Predictor({self.meta.get('arch', type(self.model).__name__)}, {self.size} px {self.resize_mode}, "
@@ -245,7 +246,7 @@ def export_onnx(checkpoint, # a covidnext checkpoint (a file, or one read), or i
                           dynamic_axes={k: {0: 'batch'} for k in ['image', *names]}, do_constant_folding=True)
     m = onnx.load_model_from_string(buf.getvalue())
     if fp16_weights: half_weights(m)
-    meta = onnx_metadata(pred, None, cam, fp16_weights)
+    meta = onnx_metadata(pred, cam=cam, fp16_weights=fp16_weights)
     del m.metadata_props[:]
     for k, v in meta.items(): m.metadata_props.add(key=k, value=v)
     m.doc_string = '. '.join([meta['input'], meta['output'], *([meta['cam']] if cam else []), NOTICE.removesuffix('.')]) + '.'
