@@ -124,7 +124,10 @@ def test_study_wall_records_each_run(tmp_path, monkeypatch, capfd):
         time.sleep(0.1)
     p.terminate(); p.communicate(timeout=60)
     assert p.returncode == 143
-    time.sleep(0.5)
+    for _ in range(100):                                                  # a loaded machine may take a moment to end it
+        try: os.kill(int(pid.read_text()), 0)
+        except ProcessLookupError: break
+        time.sleep(0.1)
     with pytest.raises(ProcessLookupError): os.kill(int(pid.read_text()), 0)   # the study's whole process group is stopped
     adult = run.wall_record(run.load_profile('full', archs=['resnet18'], seeds=[0, 1]), run.device_info(), 1,
                             dict(adult_cache='there/adult-224', dataset=True))
