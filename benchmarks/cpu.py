@@ -88,7 +88,7 @@ def inference(arch: str, size: int, batch: int, repeats: int, threads: int) -> d
     import torch
     from covidnext.core import CLASSES
     from covidnext.model import create_model
-    from covidnext.predict import Predictor
+    from covidnext.predictor import Predictor
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     p = Predictor(create_model(arch, input_size=size), CLASSES, size, 'squash')

@@ -51,7 +51,7 @@ for stage in ${STAGES:-throughput profile augment study}; do
     profile)    "$PY" benchmarks/train_throughput.py --cache "$CACHE" "${drop[@]}" --compile off --profile \
                   --out "$dest/profile_$card.json" ;;
     augment)    "$PY" benchmarks/augment_throughput.py --cache "$CACHE" --out "$dest/augment_$card.json" ;;
-    study)      timeout -s TERM "${STUDY_LIMIT:-600}" "$PY" -m covidnext.run --profile full --no-dataset "${shortcut[@]}" "$kind" "$CACHE" \
+    study)      timeout -s TERM "${STUDY_LIMIT:-600}" "$PY" -m covidnext.study --profile full --no-dataset "${shortcut[@]}" "$kind" "$CACHE" \
                   --time --wall-json "$dest/study_wall_$card.json" --rev "$REV" \
                   || echo "gpu.sh: the study stopped (status $?); its record is in $dest/study_wall_$card.json" ;;
     *) echo "gpu.sh: unknown stage '$stage' (throughput, profile, augment, study)" >&2; exit 2 ;;

@@ -7,7 +7,7 @@ exactly the shape `covidnext.train.fit` writes (its `_state`, with an Adam optim
 (b) in a fresh process: the imports, `Predictor.from_checkpoint` (load + build) and `predict` (first and second
     call) timed separately;
 (c) the imports of the prediction path by `python -X importtime`: cumulative seconds of the heavy packages;
-(d) with onnxruntime installed: the same model exported (`covidnext.predict.export_onnx`), run in a fresh process
+(d) with onnxruntime installed: the same model exported (`covidnext.export.export_onnx`), run in a fresh process
     that imports no torch (import onnxruntime, load the session, run one preprocessed image), and
 (e) the command itself with that `.onnx` model (`covidnext-predict IMAGE --checkpoint model.onnx`), which never
     imports torch: wall time, median of `--runs`.
@@ -32,14 +32,14 @@ from __future__ import annotations
 import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
-CLI = 'import sys; from covidnext.command import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'  # the console entry point
+CLI = 'import sys; from covidnext.predict import predict_cli; sys.argv[0] = "covidnext-predict"; predict_cli()'  # the console entry point
 
 IN_PROCESS = r'''
 import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from covidnext.predict import Predictor
+from covidnext.predictor import Predictor
 import covidnext.model  # what from_checkpoint imports on first use
 t2 = time.perf_counter()
 p = Predictor.from_checkpoint(sys.argv[1])
@@ -66,7 +66,7 @@ print(json.dumps(dict(onnx_import_s=t1 - t0, onnx_session_s=t2 - t1, onnx_run_s=
 
 HEAVY = ('torch', 'torch._dynamo', 'torchvision', 'torchvision.models', 'torchvision.transforms', 'sklearn', 'scipy',
          'pandas', 'matplotlib', 'tensorboard', 'torch.utils.tensorboard', 'PIL.Image', 'numpy', 'pydicom', 'tqdm',
-         'fastcore.script', 'covidnext.command', 'covidnext.predict', 'covidnext.checkpoint', 'covidnext.infer',
+         'fastcore.script', 'covidnext.predict', 'covidnext.predictor', 'covidnext.checkpoint', 'covidnext.infer',
          'covidnext.model', 'covidnext.io')
 
 
@@ -166,7 +166,7 @@ def shipped(a, env, img: Path, d: Path) -> dict:
 
 def importtime(env) -> dict:
     "Cumulative import seconds of the heavy modules on the prediction path (`python -X importtime`)."
-    r = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'from covidnext.predict import Predictor; '
+    r = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'from covidnext.predictor import Predictor; '
                         'import covidnext.model'], capture_output=True, text=True, env=env, check=True)
     cum = {}
     for line in r.stderr.splitlines():
@@ -218,7 +218,8 @@ def main(argv=None):
                                                text=True, env=env, check=True).stdout)
             if a.onnx:
                 import numpy as np
-                from covidnext.predict import Predictor, export_onnx
+                from covidnext.predictor import Predictor
+                from covidnext.export import export_onnx
                 export_onnx(ck, d / arch / 'model.onnx')
                 np.save(d / arch / 'x.npy', Predictor.from_checkpoint(ck).preprocess(img)[None, None])
                 cmd = [sys.executable, '-c', ONNX, str(d / arch / 'model.onnx'), str(d / arch / 'x.npy')]

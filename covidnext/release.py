@@ -14,8 +14,9 @@ from .core import CLASSES, atomic_write, file_hash, jsonable, pct
 from .checkpoint import read_checkpoint, resolve_checkpoints
 from .evaluate import split_cache
 from .infer import MODEL_FILE, NOTICE, OnnxPredictor
-from .predict import Predictor, export_onnx
-from .study import comparison_markdown
+from .predictor import Predictor
+from .export import export_onnx
+from .compare import comparison_markdown
 from .external import external_markdown, rate_text
 
 # %% auto #0

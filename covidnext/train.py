@@ -27,7 +27,7 @@ from .metrics import classification_metrics
 __all__ = ['RECIPES', 'TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows',
            'load_split', 'epoch_order', 'SeedStyleDataset', 'seed_style_loader', 'make_loss', 'make_optimizer',
            'make_scheduler', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'metric_columns',
-           'append_row', 'RunLogger', 'fit', 'train_parser', 'train_config', 'train_cli']
+           'append_row', 'RunLogger', 'fit', 'example_run', 'train_parser', 'train_config', 'train_cli']
 
 # %% ../nbs/10_train.ipynb #c1c9a958
 def _f(default, help): return field(default=default, metadata={'help': help})  # a field and its --help text
@@ -577,6 +577,29 @@ def fit(cfg:TrainConfig # everything the run depends on
         try: writer.close()        # on an error too, the last good checkpoint lands (after a normal end: a no-op)
         except Exception as e: print(f"covidnext: writing a checkpoint failed too: {e}", file=sys.stderr)
         if world > 1 and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+
+# %% ../nbs/10_train.ipynb #889dc549
+def example_run(sources, # the public sources folder (Kermany's films are read)
+                out, # a folder for the split, its cache and the run (made if missing)
+                per_class:int=32, # films of each class (normal, bacteria): three quarters for training, the rest validation
+                size:int=64 # the image size
+               ) -> tuple: # (the run's last.pt, the split's table: paths relative to `sources`)
+    "A real tiny checkpoint for examples and tests: resnet18 trained one epoch on seeded Kermany films; made once in `out`."
+    from covidnext.sources import read_kermany
+    src, out = Path(sources), Path(out)
+    k = read_kermany(src/'kermany-chest-xray-224')
+    k = pd.concat([g.sample(per_class, random_state=0) for _, g in k[k.label.isin(['normal', 'bacteria'])].groupby('label')])
+    n_train = per_class * 3 // 4
+    k['split'] = (['train'] * n_train + ['val'] * (per_class - n_train)) * 2
+    k['path'] = [os.path.relpath(p, src) for p in k.path]
+    ckpt = out/'run'/'last.pt'
+    if not ckpt.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        k[['path', 'patient_id', 'label', 'source', 'split']].to_csv(out/'split.csv', index=False)
+        fit(TrainConfig.recipe('seed', split_csv=str(out/'split.csv'), sources=str(src), cache_root=str(out/'cache'), size=size,
+                               arch='resnet18', epochs=1, batch_size=8, augment=False, out=str(out/'run'), progress=False,
+                               log_images=False, device='cpu'))
+    return ckpt, k
 
 # %% ../nbs/10_train.ipynb #b781c32c
 _ABOUT = ("Train a COVIDx classifier (covidnext). Every option is a field of covidnext.train.TrainConfig; its default is the "

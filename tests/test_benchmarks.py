@@ -99,7 +99,7 @@ def test_cpu_benchmark_appends_runs(tmp_path):
 
 def test_study_wall_records_each_run(tmp_path, monkeypatch, capfd):
     "covidnext-study --time around a stand-in study: one record per run, failures and interruptions included."
-    import covidnext.run as run
+    import covidnext.study as run
     out, seen = tmp_path / 'wall.json', {}
     with monkeypatch.context() as m:                                      # what the command would time
         m.setattr(run, 'time_study', lambda cmd, rec, path: seen.update(cmd=cmd, rec=rec, path=path) or 0)
@@ -114,7 +114,7 @@ def test_study_wall_records_each_run(tmp_path, monkeypatch, capfd):
     assert "study ['0', '--x']" in capfd.readouterr().out
     assert run.time_study(study + ['0', '3'], rec, out) == 3
     pid = tmp_path / 'pid'
-    p = subprocess.Popen([sys.executable, '-c', 'import json, sys; from covidnext.run import time_study; '   # a process to signal
+    p = subprocess.Popen([sys.executable, '-c', 'import json, sys; from covidnext.study import time_study; '   # a process to signal
                           'sys.exit(time_study(json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]))',
                           json.dumps(['bash', '-c', f'echo $$ > {pid}; sleep 60']), json.dumps(rec), str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -199,12 +199,12 @@ def test_gpu_script_runs_its_stages_with_their_arguments(cache, tmp_path):
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'study'}, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and log.read_text().splitlines() == [
-        f'-m covidnext.run --profile full --no-dataset --no-shortcut --adult-cache {cache} --time '
+        f'-m covidnext.study --profile full --no-dataset --no-shortcut --adult-cache {cache} --time '
         f'--wall-json reports/benchmarks/study_wall_h100_{rev}.json --rev {rev}'], r.stderr
     log.unlink()
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'study', 'SHORTCUT': '1', 'DROP_SOURCES': ''}, timeout=60, cwd=tmp_path)
-    assert r.returncode == 0 and log.read_text().split()[:7] == ['-m', 'covidnext.run', '--profile', 'full', '--no-dataset', '--cache', str(cache)]
+    assert r.returncode == 0 and log.read_text().split()[:7] == ['-m', 'covidnext.study', '--profile', 'full', '--no-dataset', '--cache', str(cache)]
     log.unlink()                                   # the whole study: the external steps from the public cache
     r = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu.sh')], capture_output=True, text=True,
                        env={**env, 'STAGES': 'study', 'SHORTCUT': '1', 'DROP_SOURCES': 'radiography,cohen-unlisted', 'PUBLIC_CACHE': 'pub'},

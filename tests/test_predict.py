@@ -1,4 +1,4 @@
-"""Prediction through its command lines and API (covidnext.command, covidnext.predict, covidnext.infer): a real checkpoint
+"""Prediction through its command lines and API (covidnext.predict, covidnext.predictor, covidnext.export, covidnext.infer): a real checkpoint
 (resnet18, one epoch on real Kermany images), a folder of good and bad files, --help, a pickled-object checkpoint,
 Grad-CAM overlays and on a toy, ONNX parity, and an ONNX prediction that never imports torch. Each command runs as a
 process at least once; the other tests of its messages and exit status run its function in this process."""
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from covidnext.io import load_xray
-from covidnext.predict import Predictor, export_cli, gradcam
+from covidnext.predictor import Predictor, gradcam
+from covidnext.export import export_cli
 from conftest import SRC, kermany_split, run_cli
-from covidnext.command import predict_cli
+from covidnext.predict import predict_cli
 from covidnext.checkpoint import load_checkpoint, save_checkpoint
 from covidnext.train import TrainConfig, fit
 
@@ -115,7 +116,7 @@ def test_help_describes_every_option(data):
     for o in ('PATH', '--checkpoint', '--out', '--explain', '--device', '--batch-size', '--no-progress'): assert o in h, o
     assert 'glob' in h and 'recursively' in h and 'Grad-CAM' in h and 'not for clinical use' in h
     from covidnext.core import cli_parser
-    from covidnext.command import predict_files
+    from covidnext.predict import predict_files
     assert all(a.help for a in cli_parser(predict_files)._actions), "an option without a description"
     h = run_cli(export_cli, '--help', prog='covidnext-export').stdout
     for o in ('checkpoint', '--opset', '--no-check', 'out', 'parity check'): assert o in h, o
@@ -248,7 +249,7 @@ def exported(data) -> dict:
 def test_onnx_export_parity(data, exported):
     assert 'onnxruntime matches PyTorch' in exported['stdout']
     import onnx
-    from covidnext.predict import onnx_probs
+    from covidnext.export import onnx_probs
     model = exported['onnx']
     md = {p.key: p.value for p in onnx.load(model).metadata_props}
     assert json.loads(md['classes']) == CLASSES and md['size'] == '64' and md['resize_mode'] == 'squash'
@@ -271,7 +272,7 @@ def test_onnx_prediction_never_imports_torch(data, exported):
     out = json.loads(r.stdout)
     assert out['torch'] is False
     assert np.abs(np.array(out['probs']) - want).max() <= 1e-4
-    code = ("import atexit, sys; from covidnext.command import predict_cli; sys.argv[0] = 'covidnext-predict'; "
+    code = ("import atexit, sys; from covidnext.predict import predict_cli; sys.argv[0] = 'covidnext-predict'; "
             "atexit.register(lambda: print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)); "
             "predict_cli(sys.argv[1:])")
     r = subprocess.run([sys.executable, '-c', code, str(img), '--checkpoint', str(exported['onnx']), '--no-progress'],

@@ -91,7 +91,7 @@ def test_model_card_and_release_record_match_the_model(monkeypatch):
     import json
     from covidnext.core import file_hash
     from covidnext.release import model_card, onnx_meta
-    from covidnext.run import load_profile
+    from covidnext.plan import load_profile
     monkeypatch.chdir(ROOT)                                 # the card names its reports by their relative path
     reports = load_profile(onnx_meta(MODEL)['profile'])['reports']
     rel = json.loads((ROOT / reports / 'release.json').read_text())

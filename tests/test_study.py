@@ -1,4 +1,4 @@
-"""The study runner (`covidnext.run`): its plan for every profile and flag, its executor with a stand-in, the number of
+"""The study runner (`covidnext.plan`, `covidnext.execute`, `covidnext.study`): its plan for every profile and flag, its executor with a stand-in, the number of
 runs side by side; one real quick study (as `make study` runs it on a CPU: papermill, tiny training, the age-shortcut
 step) and its resumption, in a scratch copy; and the agreement of the comparison table with the evaluation outputs and
 with the README."""
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from covidnext.run import Step, default_parallel, device_info, execute, load_profile, plan, plan_text, study_cli
+from covidnext.plan import Step, load_profile, plan, plan_text
+from covidnext.execute import execute
+from covidnext.study import default_parallel, device_info, study_cli
 from conftest import SRC
 
 ROOT = Path(__file__).parents[1]
@@ -26,7 +28,7 @@ def cfg(step) -> dict:
 
 def by_name(steps, chosen=None) -> dict:
     "The plan's steps by name, with those after the screen for the choice `chosen`."
-    more = [x for s in steps if s.then and chosen for x in s.then(chosen)]
+    more = [x for s in steps if s.branches and chosen for x in s.branches[chosen]]
     return {s.name: s for s in steps + more}
 
 
@@ -61,7 +63,7 @@ def test_quick_plan_runs_every_step_seed_by_seed():
                                                                      size=32, subset=64, batch_size=16, ema=0.9, resize_mode='pad',
                                                                      harmonize='equalize', source_aug=0.5)}
     assert list(s['screen'].params['candidates']) == ['v1', 'adult', 'adult-all']
-    assert names(steps[-1].then('adult-all')) == ['resnet18 adult-all seed 1', 'shortcut', 'resnet18 public-all seed 0',
+    assert names(steps[-1].branches['adult-all']) == ['resnet18 adult-all seed 1', 'shortcut', 'resnet18 public-all seed 0',
                                                   'resnet18 public-all seed 1', 'external', 'release', 'html']
     assert s['split covidx-v1-public'].params == dict(sources='S', split_files='S/covidx-v1-splits', out='out/covidx-v1-public',
                                                        adult_normals=True, more_covid=True, external=True)
@@ -124,9 +126,9 @@ def test_flags_replace_the_profile():
     assert 'dataset' not in s and s['train covidnext50-frozen seed 3'].after == ()
     assert s['train resnet18 seed 3'].params['config']['epochs'] == 2 and s['train resnet18 seed 3'].params['config']['split_csv'] == 'o/covidx-v1/split.csv'
     assert [n for n in s if n.startswith('split')] == ['split covidx-v1-adult', 'split covidx-v1-adult-covid', 'split covidx-v1-public']
-    assert names(plan(p, sources='S', dataset=False)[-1].then('plus')) == ['shortcut', 'resnet18 public seed 3', 'external',
+    assert names(plan(p, sources='S', dataset=False)[-1].branches['plus']) == ['shortcut', 'resnet18 public seed 3', 'external',
                                                                            'release', 'html']   # one seed: nothing more to train
-    assert names(plan(p, sources='S', dataset=False, external=False)[-1].then('plus')) == ['shortcut', 'html']
+    assert names(plan(p, sources='S', dataset=False, external=False)[-1].branches['plus']) == ['shortcut', 'html']
     # no variant: no comparison; the shortcut step trains its own COVIDx-v1 reference, as the setting v1
     s = by_name(plan(load_profile('quick', archs=[]), sources='S'), 'adult')
     assert 'compare' not in s and s['split covidx-v1-adult'].after == ('dataset',)
@@ -222,9 +224,10 @@ def test_dry_run_prints_one_line_per_step(capsys):
     assert study_cli(['--profile', 'quick', '--dry-run', '--sources', str(SRC)]) == 0
     out = capsys.readouterr().out.splitlines()
     steps = plan(load_profile('quick'), sources=str(SRC))
-    assert out == plan_text(steps).splitlines() and len(out) == len(steps) + 1 + len(steps[-1].then('adult'))
+    branches = steps[-1].branches                   # every choice of the screen, none invented
+    assert out == plan_text(steps).splitlines() and len(out) == len(steps) + sum(1 + len(b) for b in branches.values())
     assert out[1].startswith('notebook train resnet18 seed 0: nbs/study/11_train.ipynb -> reports/quick/11_train_resnet18_seed0.ipynb')
-    assert "then, for the screen's choice (here adult):" in out
+    assert [line for line in out if line.startswith('then, ')] == [f'then, if the screen chooses {c}:' for c in ('v1', 'adult', 'adult-all')]
 
 
 def test_help_explains_profiles_and_flags():
@@ -331,7 +334,7 @@ def test_quick_study_external_step_and_release(quick_study, monkeypatch):
 
 def _check_table(reports: Path):
     "The comparison JSON agrees with the evaluation JSONs it was made from."
-    from covidnext.study import compare_runs
+    from covidnext.compare import compare_runs
     cmp = json.loads((reports / '13_compare_covidnet.json').read_text())
     for v in cmp['variants']:
         per = [json.loads((reports / f"12_evaluate_{v['arch']}_seed{s}" / 'test_results.json').read_text()) for s in v['seeds']]
