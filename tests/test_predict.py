@@ -35,7 +35,7 @@ def cli(module: str, func: str, prog: str, *args, ok=(0,)) -> subprocess.Complet
 
 def predict(*args, ok=(0,), process=False) -> subprocess.CompletedProcess:
     "covidnext-predict with `args`: its function in this process, or with `process` the command as a process."
-    if process: return cli('command', 'predict_cli', 'covidnext-predict', '--no-progress', *args, ok=ok)
+    if process: return cli('predict', 'predict_cli', 'covidnext-predict', '--no-progress', *args, ok=ok)
     r = run_cli(predict_cli, '--no-progress', *args, prog='covidnext-predict')
     assert r.returncode in ok, (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
     return r
@@ -242,7 +242,7 @@ def test_gradcam_on_a_trained_toy_peaks_in_the_evidence():
 @pytest.fixture(scope='module')
 def exported(data) -> dict:
     "The checkpoint exported by `covidnext-export CKPT OUT.onnx`, and what the command printed."
-    r = cli('predict', 'export_cli', 'covidnext-export', data['ckpt'], data['dir'] / 'model.onnx')
+    r = cli('export', 'export_cli', 'covidnext-export', data['ckpt'], data['dir'] / 'model.onnx')
     return dict(onnx=data['dir'] / 'model.onnx', stdout=r.stdout)
 
 
