@@ -5,13 +5,15 @@
 # %% ../nbs/01_io.ipynb #dfa87393
 from __future__ import annotations
 import hashlib, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import DataError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'RESIZE_MODES', 'load_xray', 'pixel_hash', 'fit_image']
+__all__ = ['MAX_PIXELS', 'RADIOGRAPHS', 'MIN_SIDE', 'RESIZE_MODES', 'load_xray', 'Film', 'check_pixels', 'read_film',
+           'pixel_hash', 'fit_image']
 
 # %% ../nbs/01_io.ipynb #3f4a0bbc
 def _stretch(a, # numeric array
@@ -37,15 +39,21 @@ def _check_size(path, # the file, for the message
 
 # %% ../nbs/01_io.ipynb #f8ffe0cd
 _WIDE = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')  # PIL modes of more than 8 bit per pixel
+_DEPTHS = (8, 10, 12, 14, 16)  # the bit depths a 16-bit film's values may fill
+
+def _wide_range(a:np.ndarray # the values of a wide-mode image
+               ) -> tuple: # (lo, hi) that become 0 and 255
+    "Integer values of at most 16 bits: 0 .. the top of the smallest depth in `_DEPTHS` that holds them; else min..max."
+    lo, hi = float(a.min()), float(a.max())
+    if a.dtype.kind in 'iu' and lo >= 0 and hi <= 65535: return 0., float(next(2**b - 1 for b in _DEPTHS if hi <= 2**b - 1))
+    return lo, hi
 
 def _to_gray(img:Image.Image # a decoded PIL image, any mode
             ) -> np.ndarray: # (H, W) uint8
-    "An image as 2-D uint8 grayscale: wide modes stretched min..max, colour as luma, transparency composited onto black."
+    "An image as 2-D uint8 grayscale: 16-bit scaled by its significant bits, colour as luma, transparency composited onto black."
     if img.mode in _WIDE:
         a = np.asarray(img)
-        lo, hi = float(a.min()), float(a.max())
-        if lo == hi: lo, hi = 0., 65535.  # a flat image has no range of its own
-        return _stretch(a, lo, hi)
+        return _stretch(a, *_wide_range(a))
     if img.mode in ('RGBA', 'LA', 'PA') or 'transparency' in img.info:
         la = np.asarray(img.convert('RGBA').convert('LA'), dtype=np.uint16)
         return ((la[..., 0] * la[..., 1] + 127) // 255).astype(np.uint8)  # onto black: gray * alpha/255, rounded
@@ -97,12 +105,39 @@ def _pydicom(path # the DICOM file, for the message
     except ImportError as e: raise DataError(path, "DICOM file, but pydicom is not installed (pip install pydicom)") from e
     return pydicom, apply_modality_lut, apply_voi_lut
 
+# %% ../nbs/01_io.ipynb #ab7865b7
+_PLUGINS = {'JPEG': 'pylibjpeg pylibjpeg-libjpeg', 'JPEG-LS': 'pylibjpeg pylibjpeg-libjpeg', 'JPEG 2000': 'pylibjpeg pylibjpeg-openjpeg',
+            'RLE': 'pylibjpeg pylibjpeg-rle'}  # what decodes each family (pip install ...)
+
+def _family(ts) -> str:
+    "The coding family of a transfer syntax: JPEG, JPEG-LS, JPEG 2000, RLE, or its name."
+    from pydicom import uid
+    for name, group in (('JPEG-LS', uid.JPEGLSTransferSyntaxes), ('JPEG 2000', uid.JPEG2000TransferSyntaxes),
+                        ('JPEG', uid.JPEGTransferSyntaxes), ('RLE', uid.RLETransferSyntaxes)):
+        if ts in group: return name
+    return ts.name
+
+def _decoder_problem(ds # a data set with its file meta
+                    ) -> str|None: # why its pixel data cannot be decoded here; None when it can be tried
+    "No decoder for the transfer syntax at all, or none installed (naming the package); None for native data or an installed decoder."
+    ts = ds.file_meta.TransferSyntaxUID
+    if not ts.is_compressed: return None
+    try: from pydicom.pixels import get_decoder  # pydicom >= 3; pydicom 2's handlers say it themselves
+    except ImportError: return None
+    try: dec = get_decoder(ts)
+    except NotImplementedError: return f"DICOM pixel data in {ts.name} ({ts}), which no DICOM pixel decoder reads"
+    if dec.is_available: return None
+    pkg = _PLUGINS.get(_family(ts))
+    return (f"DICOM pixel data in {ts.name} ({ts}), and no decoder for it is installed"
+            + (f" (pip install {pkg})" if pkg else ''))
+
 # %% ../nbs/01_io.ipynb #ddb4dcaa
 _NO_IMAGE = "not an image (no known picture format, no DICOM pixel data)"
 
 def _read_dicom(path, # the file
                 max_pixels:int|None, # the pixel limit, checked before decoding
                 bare:bool=False, # no DICOM preamble: read by force, and report a failure as "not an image"
+                gate=None, # a check of the data set before its pixels are decoded, `gate(path, ds)`, raising to refuse it
                ):
     "The data set of a DICOM file and its first frame's stored values, `(ds, arr)`."
     pydicom = _pydicom(path)[0]
@@ -111,10 +146,12 @@ def _read_dicom(path, # the file
             if bare: warnings.simplefilter('ignore')  # forcing a read of a non-DICOM file warns about every tag
             ds = pydicom.dcmread(path, force=bare)
         if 'PixelData' not in ds: raise DataError(path, _NO_IMAGE if bare else "DICOM without pixel data")
+        if 'Rows' not in ds or 'Columns' not in ds: raise DataError(path, "DICOM pixel data without its Rows and Columns: not an image")
         rows, cols = int(ds.Rows), int(ds.Columns)
     except DataError: raise
     except Exception as e: raise DataError(path, _NO_IMAGE if bare else f"corrupt DICOM ({type(e).__name__}: {e})") from e
     _check_size(path, cols, rows, max_pixels)
+    if gate: gate(path, ds)
     if 'TransferSyntaxUID' not in (getattr(ds, 'file_meta', None) or {}):  # a bare data set: say how it was encoded
         from pydicom.dataset import FileMetaDataset
         from pydicom.uid import ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian
@@ -122,11 +159,15 @@ def _read_dicom(path, # the file
         if not getattr(ds, 'file_meta', None): ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
                                           ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if problem := _decoder_problem(ds): raise DataError(path, problem)
     try:
         if hasattr(ds, 'pixel_array_options'): ds.pixel_array_options(index=0)  # pydicom 3: decode the first frame only
         arr = ds.pixel_array
         if not hasattr(ds, 'pixel_array_options') and int(ds.get('NumberOfFrames') or 1) > 1: arr = arr[0]
-    except Exception as e: raise DataError(path, f"corrupt DICOM pixel data ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        ts, why = ds.file_meta.TransferSyntaxUID, ' '.join(str(e).split())
+        if not ts.is_compressed: raise DataError(path, f"corrupt DICOM pixel data ({type(e).__name__}: {why})") from e
+        raise DataError(path, f"DICOM pixel data in {ts.name} could not be decoded ({why})") from e
     return ds, arr
 
 # %% ../nbs/01_io.ipynb #86122c4c
@@ -173,7 +214,10 @@ def load_xray(path, # JPEG, PNG (8 or 16 bit, any PIL mode) or DICOM, recognised
               max_pixels:int|None=MAX_PIXELS, # refuse images of more pixels (width*height), before decoding; None: no limit
              ) -> np.ndarray: # (H, W) uint8 grayscale
     "Load a chest X-ray as a 2-D uint8 grayscale array, or raise a `DataError` naming the file and the reason."
-    path = Path(path)
+    return _load(Path(path), max_pixels)[0]
+
+def _load(path:Path, max_pixels:int|None, gate=None) -> tuple:
+    "`load_xray`'s work: `(image, its DICOM data set or None)`; `gate(path, ds)` checks a DICOM data set before decoding."
     try: size = path.stat().st_size
     except FileNotFoundError as e: raise DataError(path, "no such file") from e
     except OSError as e: raise DataError(path, f"cannot read ({e.strerror or e})") from e
@@ -182,11 +226,62 @@ def load_xray(path, # JPEG, PNG (8 or 16 bit, any PIL mode) or DICOM, recognised
     try:
         with open(path, 'rb') as f: head = f.read(132)
     except OSError as e: raise DataError(path, f"cannot read ({e.strerror or e})") from e
-    if head[128:132] == b'DICM': return _dicom_gray(path, *_read_dicom(path, max_pixels))
-    try: return _load_picture(path, head, max_pixels)
+    if head[128:132] == b'DICM': ds, arr = _read_dicom(path, max_pixels, gate=gate); return _dicom_gray(path, ds, arr), ds
+    try: return _load_picture(path, head, max_pixels), None
     except DataError as e:
         if path.suffix.lower() != '.dcm' or not e.reason.startswith('not an image'): raise
-    return _dicom_gray(path, *_read_dicom(path, max_pixels, bare=True))  # a .dcm without preamble: a bare data set
+    ds, arr = _read_dicom(path, max_pixels, bare=True, gate=gate)  # a .dcm without preamble: a bare data set
+    return _dicom_gray(path, ds, arr), ds
+
+# %% ../nbs/01_io.ipynb #04195bfe
+RADIOGRAPHS = ('CR', 'DX', 'RG')   # the DICOM modalities of a radiograph: computed, digital, plain radiography
+MIN_SIDE = 64                      # the shortest side, in pixels, of an image a predictor accepts
+_MODALITIES = {'CT': 'computed tomography', 'MR': 'magnetic resonance', 'US': 'ultrasound', 'NM': 'nuclear medicine',
+               'PT': 'PET', 'MG': 'mammography', 'XA': 'X-ray angiography', 'RF': 'fluoroscopy', 'OP': 'ophthalmic photography',
+               'SC': 'secondary capture', 'RTDOSE': 'radiotherapy dose', 'RTIMAGE': 'radiotherapy image', 'IO': 'intra-oral radiography'}
+_LATERAL = ('LL', 'RL', 'LAT', 'LATERAL')
+_CHEST = ('CHEST', 'THORAX', 'LUNG', 'LUNGS')
+
+@dataclass
+class Film:
+    "An image as a predictor reads it: its grayscale pixels and what the gates warn of."
+    image: np.ndarray                             # (H, W) uint8, as `load_xray` returns it
+    warnings: list = field(default_factory=list)  # plain sentences, e.g. that the view is lateral
+
+def check_pixels(a:np.ndarray, # a 2-D uint8 image
+                 path='image' # the file it came from, for the message
+                ):
+    "Refuse an image too small or (near-)constant to be a chest film (a `DataError` saying which)."
+    h, w = a.shape[:2]
+    if min(h, w) < MIN_SIDE: raise DataError(path, f"image too small to be a chest radiograph: {w}x{h} px (the shorter side must be at least {MIN_SIDE} px)")
+    lo, hi = np.percentile(a, [1, 99])
+    if hi - lo < 8: raise DataError(path, f"blank image: nearly constant (98 % of its pixels within {hi - lo:.0f} gray levels), not a radiograph")
+
+def _dicom_gates(path, # the file, for the message
+                 ds # its data set (the header is enough)
+                ) -> list: # the warnings
+    "Refuse DICOM that is not one radiograph; the warnings of the rest."
+    m = str(ds.get('Modality') or '').strip().upper()
+    if m and m not in RADIOGRAPHS + ('OT',):
+        raise DataError(path, f"not a radiograph: DICOM Modality {m}" + (f" ({_MODALITIES[m]})" if m in _MODALITIES else '')
+                              + f"; covidnext reads CR, DX or RG films")
+    try: n = int(str(ds.get('NumberOfFrames') or 1))
+    except ValueError: n = 1   # an unreadable count: pydicom decodes the first frame
+    if n > 1: raise DataError(path, f"multi-frame DICOM ({n} frames): a series or a clip, not one radiograph")
+    out = [] if m in RADIOGRAPHS else [f"{'DICOM Modality OT (other)' if m else 'no DICOM Modality'}: not marked as a radiograph"]
+    if (v := str(ds.get('ViewPosition') or '').strip().upper()) in _LATERAL: out.append(f"lateral view (ViewPosition {v}): the model saw frontal films only")
+    if (b := str(ds.get('BodyPartExamined') or '').strip().upper()) and b not in _CHEST: out.append(f"BodyPartExamined {b}: not a chest")
+    return out
+
+def read_film(path, # JPEG, PNG or DICOM, as `load_xray` reads it
+              gates:bool=True, # refuse what is not one chest radiograph, and warn (False: read it as it is)
+              max_pixels:int|None=MAX_PIXELS, # refuse images of more pixels, before decoding
+             ) -> Film:
+    "Read an image for a predictor: `load_xray`, then the gates; a `DataError` names the file and why it is refused."
+    if not gates: return Film(load_xray(path, max_pixels))
+    image, ds = _load(Path(path), max_pixels, gate=_dicom_gates)   # DICOM is refused from its header, before decoding
+    check_pixels(image, path)
+    return Film(image, _dicom_gates(path, ds) if ds is not None else [])
 
 # %% ../nbs/01_io.ipynb #7da752b7
 def pixel_hash(arr # a pixel array, e.g. from `load_xray`

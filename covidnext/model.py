@@ -200,10 +200,15 @@ class XrayClassifier(nn.Module):
         self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(n_feat, cfg['n_classes'])
         self.freeze_backbone(cfg['freeze_backbone'])
 
+    def features(self, x:torch.Tensor # uint8 [B,1,H,W], or float [B,1,H,W] in [0,1]
+                ) -> torch.Tensor:
+        "The penultimate features [B,n_feat]: the pooled head output that `fc` classifies (`covidnext.ood` measures them)."
+        return self.pool(self.head(self.backbone(self.prep(x)))).flatten(1)
+
     def forward(self, x:torch.Tensor # uint8 [B,1,H,W], or float [B,1,H,W] in [0,1]
                ) -> torch.Tensor:
         "Class logits [B,n_classes]."
-        return self.fc(self.pool(self.head(self.backbone(self.prep(x)))).flatten(1))
+        return self.fc(self.features(x))
 
     def freeze_backbone(self, freeze:bool=True # False unfreezes
                        ):
