@@ -8,6 +8,7 @@ cfg.read('settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
 requirements = shlex.split(cfg.get('requirements', ''))
+study_requirements = shlex.split(cfg.get('study_requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 console_scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
 
@@ -29,8 +30,8 @@ setuptools.setup(
     package_data={cfg['lib_path'] + '.models': ['*.onnx', 'README.md']},
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
-    install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'lab': ['jupyterlab']},
+    install_requires=requirements,   # the light predictor: no torch
+    extras_require={'study': study_requirements, 'dev': study_requirements + dev_requirements, 'lab': ['jupyterlab']},
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )

@@ -16,9 +16,10 @@ from .evaluate import ensemble, mean_predictions
 from .shortcut import probe_models
 
 # %% auto #0
-__all__ = ['EXTERNAL_SPLITS', 'called_rate', 'covid_vs_normals', 'set_predictions', 'external_row', 'rate_text',
-           'external_markdown', 'paired_on_test', 'external_targets', 'collection_films', 'collection_probe',
-           'border_share', 'band_area', 'border_table', 'save_external_report']
+__all__ = ['EXTERNAL_SPLITS', 'OTHER_DICOM', 'OTHER_PICTURES', 'called_rate', 'covid_vs_normals', 'set_predictions',
+           'external_row', 'rate_text', 'external_markdown', 'paired_on_test', 'external_targets', 'collection_films',
+           'collection_probe', 'border_share', 'band_area', 'border_table', 'other_images', 'flag_share', 'set_aside',
+           'save_external_report']
 
 # %% ../nbs/19_external.ipynb #0994f0ac
 EXTERNAL_SPLITS = ('test', 'test_adult', 'test_external', 'test_external_neg')
@@ -188,6 +189,40 @@ def border_table(cams:dict, # {model: maps [N,H,W] of the COVID-19 output}
             rows.append(dict(model=name, films=k, n=int((g == k).sum()), border_share=float(np.nanmean(s[g == k])),
                              band_area=band_area(c.shape[-1], band)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/19_external.ipynb #812a0999
+OTHER_DICOM = ('CT_small.dcm', '693_J2KI.dcm', 'MR_small.dcm', 'ExplVR_BigEnd.dcm', 'examples_jpeg2k.dcm', 'JPEG2000.dcm')
+OTHER_PICTURES = ('grace_hopper.jpg', 'Minduka_Present_Blue_Pack.png', 'logo2.png', 's1045.ima.gz')
+
+def other_images() -> tuple: # ({name: 2-D uint8 image} of images that are not chest radiographs, {name: image} of blank images)
+    "Images that are not chest radiographs (pydicom's and matplotlib's sample files) and blank images, as `load_xray` reads them."
+    import gzip
+    from matplotlib import cbook
+    from pydicom.data import get_testdata_file
+    from covidnext.io import load_xray
+    other = {f'pydicom {n}': load_xray(get_testdata_file(n)) for n in OTHER_DICOM}
+    for n in OTHER_PICTURES:
+        f = cbook.get_sample_data(n, asfileobj=False)
+        if n.endswith('.ima.gz'):   # a raw 256 x 256 big-endian 16-bit MRI slice
+            a = np.frombuffer(gzip.open(f).read(), '>u2').reshape(256, 256).astype(np.float32)
+            other[f'matplotlib {n}'] = np.round(255 * (a - a.min()) / (a.max() - a.min())).astype(np.uint8)
+        else: other[f'matplotlib {n}'] = load_xray(f)
+    blank = {f'blank {v}': np.full((256, 256), v, np.uint8) for v in (0, 64, 128, 255)}
+    return other, blank
+
+def flag_share(flagged, # bool per film: over the OOD threshold
+               level:float=0.95 # coverage of the exact interval
+              ) -> dict: # n, flagged, rate, ci_low, ci_high, as `called_rate` gives a share
+    "The share of films flagged unfamiliar, with its exact (Clopper-Pearson) interval."
+    f = np.asarray(flagged, bool)
+    lo, hi = clopper_pearson(int(f.sum()), len(f), level)
+    return dict(n=len(f), called=int(f.sum()), rate=f.mean() if len(f) else math.nan, ci_low=lo, ci_high=hi, level=level)
+
+def set_aside(preds:dict, # {split: per-image predictions with `path`}
+              flagged:dict # {split: the paths of the films flagged unfamiliar}
+             ) -> dict: # {split: the predictions of the films not flagged}
+    "A training set's predictions without the films its model flags unfamiliar."
+    return {s: p[~p.path.isin(set(flagged.get(s, ())))].reset_index(drop=True) for s, p in preds.items()}
 
 # %% ../nbs/19_external.ipynb #eca02cc0
 def save_external_report(result:dict, # the report: parameters, environment, rows, targets, probe, border table ...

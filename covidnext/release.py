@@ -150,6 +150,10 @@ def _card_scores(rel:dict, ext:dict, cmp:dict=None) -> list:
     if single in ext['models']: rows = {single: ext['models'][single], **rows}
     L += [external_markdown(rows, ext['in_collection'] + [single]).rstrip(), '', 'Targets of the public seed ensemble (reported, not chosen on):', '']
     L += [f"- {'met' if t['met'] else 'missed'}: {t['target']}: {t['value']}" for t in ext['targets']]
+    if o := ext.get('ood'):
+        L += ['', f"Films the released model flags unfamiliar (OOD score over {o['threshold']:.0f}; `15_external`), beside the energy "
+              "score's flags at the same validation percentile:", '', '| films | Mahalanobis score | energy score |', '|---|---|---|']
+        L += [f"| {r['films']} | {rate_text(r['mahalanobis'], ' %')} | {rate_text(r['energy'], ' %')} |" for r in o['flagged']]
     if cmp:
         L += ['', '## The comparison on COVIDx-v1 test', '',
               f"The study's candidates trained on COVIDx-v1 beside the anchors' reported numbers (headline, chosen on validation: "

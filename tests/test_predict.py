@@ -81,7 +81,7 @@ def test_folder_of_good_and_bad_files(data, tmp_path):
     (inp / '.hidden.png').write_bytes(b'junk')
     r = predict(inp, '--checkpoint', data['ckpt'], '--out', tmp_path / 'preds.csv', '--batch-size', '3', ok=(1,), process=True)
     rows = {Path(x['path']).name: x for x in read_csv(tmp_path / 'preds.csv')}
-    assert list(read_csv(tmp_path / 'preds.csv')[0]) == ['path', 'pred', *[f'prob_{c}' for c in CLASSES], 'error']
+    assert list(read_csv(tmp_path / 'preds.csv')[0]) == ['path', 'pred', *[f'prob_{c}' for c in CLASSES], 'ood_score', 'unfamiliar', 'warning', 'error']
     assert set(rows) == {'good.jpeg', 'scan.dcm', 'broken.jpg', 'notes.txt'}
     for name in ('good.jpeg', 'scan.dcm'):
         x = rows[name]
@@ -164,7 +164,7 @@ def test_preprocessing_and_classes_come_from_the_checkpoint(data, tmp_path):
     wide = np.full((50, 100), 255, np.uint8)
     assert p.preprocess(wide)[0, 32] == 0 and p.preprocess(wide)[32, 32] == 255  # letterboxed
     df = p.predict_df(data['images'][:2])
-    assert list(df.columns) == ['path', 'pred', 'prob_w', 'prob_x', 'prob_y', 'prob_z', 'error']
+    assert list(df.columns) == ['path', 'pred', 'prob_w', 'prob_x', 'prob_y', 'prob_z', 'ood_score', 'unfamiliar', 'warning', 'error']
     assert set(df.pred) <= set('wxyz')
 
 
