@@ -12,7 +12,7 @@ OUT ?= out
 # quick (tiny images, subset, 1 epoch; writes reports/quick/) on CPU, full on CUDA
 PROFILE ?= $(shell $(BIN)/python -c "import torch; print('full' if torch.cuda.is_available() else 'quick')" 2>/dev/null || echo quick)
 
-.PHONY: env test sources study study-wall lab check-sync
+.PHONY: env test sources study study-wall lab check-sync browser
 
 env: $(BIN)/.installed
 
@@ -35,9 +35,17 @@ check-sync: env
 # Tests run with an absolute sources path, since notebooks execute in nbs/. pytest runs on two pytest-xdist workers of
 # one thread each; tests/conftest.py groups the tests so that each costly fixture is built once, longest groups first
 # (settings.ini pins pytest<9.2: on 9.2, xdist's loadgroup silently ignores the groups, pytest-xdist issue 1386).
-test: check-sync
+test: check-sync browser
 	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
 	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=10 tests
+
+# The browser of the web page's test (tests/test_serve.py): Debian's chromium, from the system's package manager; where it
+# cannot be installed, that test is skipped and says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the web page's browser test"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } \
+	  || echo "could not install chromium: tests/test_serve.py will be skipped"; }
 
 # The public sources, fetched when the folder is not there.
 sources: env

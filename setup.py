@@ -9,6 +9,7 @@ cfg = cfg['DEFAULT']
 
 requirements = shlex.split(cfg.get('requirements', ''))
 study_requirements = shlex.split(cfg.get('study_requirements', ''))
+web_requirements = shlex.split(cfg.get('web_requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 console_scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
 
@@ -31,7 +32,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
     install_requires=requirements,   # the light predictor: no torch
-    extras_require={'study': study_requirements, 'dev': study_requirements + dev_requirements, 'lab': ['jupyterlab']},
+    extras_require={'study': study_requirements, 'web': web_requirements, 'dev': study_requirements + web_requirements + dev_requirements,
+                    'lab': ['jupyterlab']},
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )

@@ -90,7 +90,7 @@ def overlay_names(paths # input names, in order
 # %% ../nbs/15_infer.ipynb #61e74ccf
 def save_overlay(image:np.ndarray, # uint8 [H,W], the model's input
                  cam:np.ndarray, # float [H,W] in [0, 1]
-                 path, # the PNG to write
+                 path, # the PNG to write, or a binary file object it is written to
                  title:str='', # e.g. the predicted class and its probability
                  note:str='', # a smaller line under the title, e.g. the input's name
                  alpha:float=0.4, # opacity of the colormap
@@ -106,8 +106,8 @@ def save_overlay(image:np.ndarray, # uint8 [H,W], the model's input
     fig.text(0.5, 1 - 0.18 / 4.5, title, ha='center', va='center', fontsize=11)
     fig.text(0.5, 1 - 0.38 / 4.5, note, ha='center', va='center', fontsize=7)
     fig.text(0.5, 0.01, f'{method} - research use only, not for clinical use', ha='center', va='bottom', fontsize=7, color='white')
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    if isinstance(path, (str, os.PathLike)): path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format='png')
     return path
 
 # %% ../nbs/15_infer.ipynb #a83a9972

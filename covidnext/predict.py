@@ -13,7 +13,7 @@ from .core import DataError, cli_parser, dashed_args
 from .infer import NOTICE, OnnxPredictor, find_inputs, overlay_names, result_columns, result_row, save_overlay
 
 # %% auto #0
-__all__ = ['load_predictor', 'table_rows', 'predict_files', 'predict_cli']
+__all__ = ['load_predictor', 'table_rows', 'csv_cell', 'ResultWriter', 'predict_files', 'predict_cli']
 
 # %% ../nbs/18_predict.ipynb #2677bab9
 def load_predictor(checkpoint=None, # a covidnext-train checkpoint (.pt) or a covidnext-export model (.onnx); None: the shipped model
@@ -50,9 +50,18 @@ def table_rows(pred, # a predictor (`load_predictor`)
         yield row
 
 # %% ../nbs/18_predict.ipynb #b8c5d14d
-def _cell(v):
+def csv_cell(v # a value of a result row
+            ):
     "A CSV cell: a float to 6 significant digits (NaN: empty), anything else as it is."
     return ('' if v != v else f'{v:.6g}') if isinstance(v, float) else v
+
+class ResultWriter(csv.DictWriter):
+    "The writer of covidnext-predict's CSV (and of the web page's): one line per result row, its cells as `csv_cell` makes them."
+    def __init__(self, f, # an open text file (newline='')
+                 columns:list # the columns, in order
+                ): super().__init__(f, columns, lineterminator='\n')
+    def writerow(self, row:dict # a result row (`covidnext.infer.result_row`)
+                ): return super().writerow({k: csv_cell(v) for k, v in row.items()})
 
 def predict_files(paths:Param("image files (PNG, JPEG or DICOM, recognised by content), folders (searched recursively; "
                               "hidden files skipped; every other file must be an image) and glob patterns", str, nargs='+'),
@@ -74,11 +83,11 @@ def predict_files(paths:Param("image files (PNG, JPEG or DICOM, recognised by co
     rows = []
     f = open(out, 'w', newline='') if out else sys.stdout
     try:
-        w = csv.DictWriter(f, result_columns(pred.classes) + (['gradcam'] if explain else []), lineterminator='\n')
+        w = ResultWriter(f, result_columns(pred.classes) + (['gradcam'] if explain else []))
         w.writeheader()
         for row in table_rows(pred, paths, explain, batch_size, progress):
             rows.append(row)
-            w.writerow({k: _cell(v) for k, v in row.items()})
+            w.writerow(row)
             if row['error']: print(f"{row['path']}: {row['error']}", file=sys.stderr)
             elif row['warning']: print(f"{row['path']}: warning: {row['warning']}", file=sys.stderr)
             if row['unfamiliar'] is True: print(f"{row['path']}: unfamiliar: OOD score {row['ood_score']:.0f} over the model's "

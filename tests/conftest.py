@@ -70,7 +70,7 @@ def quick_study(tmp_path_factory) -> Path:
 # one worker, so the fixture is built once; every other test is grouped with its file, whose module fixtures are then
 # built once too. The longest groups start first, so that none starts last on an otherwise idle machine.
 SHARED = {'quick_study': 'study', 'covidx_v1': 'covidx-v1'}
-FIRST = ('study', 'test_train', 'covidx-v1', 'test_benchmarks', 'test_predict', 'test_covidx', 'test_evaluate')
+FIRST = ('study', 'test_train', 'test_install', 'covidx-v1', 'test_benchmarks', 'test_predict', 'test_covidx', 'test_evaluate')
 
 
 def xdist_group(item) -> str:
