@@ -264,7 +264,7 @@ def _dicom_gates(path, # the file, for the message
     m = str(ds.get('Modality') or '').strip().upper()
     if m and m not in RADIOGRAPHS + ('OT',):
         raise DataError(path, f"not a radiograph: DICOM Modality {m}" + (f" ({_MODALITIES[m]})" if m in _MODALITIES else '')
-                              + f"; covidnext reads CR, DX or RG films")
+                              + "; covidnext reads CR, DX or RG films")
     try: n = int(str(ds.get('NumberOfFrames') or 1))
     except ValueError: n = 1   # an unreadable count: pydicom decodes the first frame
     if n > 1: raise DataError(path, f"multi-frame DICOM ({n} frames): a series or a clip, not one radiograph")

@@ -4,12 +4,10 @@
 
 # %% ../nbs/12_ood.ipynb #7e5f134c
 from __future__ import annotations
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from .core import DataError, resolve_device
+from .core import resolve_device
 from torch import nn
 
 from .checkpoint import Checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint

@@ -61,7 +61,9 @@ class ResultWriter(csv.DictWriter):
                  columns:list # the columns, in order
                 ): super().__init__(f, columns, lineterminator='\n')
     def writerow(self, row:dict # a result row (`covidnext.infer.result_row`)
-                ): return super().writerow({k: csv_cell(v) for k, v in row.items()})
+                ):
+        "Write one row, its cells as `csv_cell` makes them."
+        return super().writerow({k: csv_cell(v) for k, v in row.items()})
 
 def predict_files(paths:Param("image files (PNG, JPEG or DICOM, recognised by content), folders (searched recursively; "
                               "hidden files skipped; every other file must be an image) and glob patterns", str, nargs='+'),

@@ -4,10 +4,10 @@ from __future__ import annotations
 import contextlib, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import SRC
+from test_predict import write_dicom
 
 CHROMIUM = shutil.which('chromium')
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `make browser` installs Debian's")
@@ -15,22 +15,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `make bro
 
 def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
-def write_dicom(arr: np.ndarray, path: Path) -> Path:
-    "An 8-bit MONOCHROME2 CR film in DICOM holding a 2-D uint8 array."
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, ComputedRadiographyImageStorage, generate_uid
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ComputedRadiographyImageStorage, generate_uid(), 'CR'
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, (ds.Rows, ds.Columns) = 1, 'MONOCHROME2', arr.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.ascontiguousarray(arr, np.uint8).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID, ds.file_meta.MediaStorageSOPClassUID = ExplicitVRLittleEndian, ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope='module')
