@@ -313,6 +313,13 @@ def _markdown(rep:dict # the report, as `_write_report` makes it
               f"without COVID-19 ({', '.join(f'{k} {v}' for k, v in n['labels'].items())}; {n['patients']} patients; views "
               f"{'/'.join(n['views'])}) of patients in no other split. Both are reported apart; nothing is chosen on them."]
     L += ['', '## Per source', '', '```', rep['per_source'], '```', '']
+    if 'collections' in rep:
+        co = rep['collections']
+        L += ['## Per collection', '', 'Films per collection (the source; inside Cohen\'s, the site its metadata links to) and class:', '',
+              '| split | collection | ' + ' | '.join(CLASSES) + ' |', '|---' * (len(CLASSES) + 2) + '|']
+        L += [f"| {s} | {c} | " + ' | '.join(str(n[k]) for k in CLASSES) + ' |' for s in SPLITS if s in co for c, n in co[s].items()]
+        L += ['', 'Empty cells of train, a collection without a film of the class (there the collection can stand for the class): '
+              + ('; '.join(f"{c} × {k}" for c, k in co['empty']) or 'none') + '.', '']
     if 'published' in rep:
         L += ['## Published split files', '']
         for s, p in rep['published'].items(): L.append(f"- {s}: {p['found']} found of {p['listed']} listed")
@@ -330,11 +337,23 @@ def _save_split(df:pd.DataFrame, # the split's rows, absolute paths
                ) -> pd.DataFrame:
     "Write `out/split.csv`, rows sorted by split (in `SPLITS` order), source and path; return the rows as written."
     df['path'] = [os.path.relpath(p, src) for p in df.path]
-    cols = ['path', 'patient_id', 'label', 'source', 'split', 'height', 'width', 'pixel_hash']
+    cols = ['path', 'patient_id', 'label', 'source', 'split', 'height', 'width', 'pixel_hash', 'collection']
+    if 'collection' not in df: df['collection'] = df.source
     df = df.sort_values(['split', 'source', 'path'], key=lambda c: c.map({s: i for i, s in enumerate(SPLITS)})
                         if c.name == 'split' else c).reset_index(drop=True)
     df[cols].to_csv(out/'split.csv', index=False)
     return df
+
+# %% ../nbs/04_covidx.ipynb #8c2fc92d
+def _collections(df:pd.DataFrame # a split's rows with `split`, `label` and `collection` (without it: `source`)
+                ) -> dict: # {split: {collection: {class: films}}}, and under 'empty' the (collection, class) cells of train without a film
+    "Films per collection and class in each split; the empty cells of train, where a class and a collection never meet."
+    if 'collection' not in df: df = df.assign(collection=df.source)
+    t = df.groupby(['split', 'collection', 'label']).size()
+    out = {s: {c: {k: int(t.get((s, c, k), 0)) for k in CLASSES} for c in sorted(df.collection[df.split == s].unique())}
+           for s in SPLITS if (df.split == s).any()}
+    out['empty'] = [[c, k] for c, n in out.get('train', {}).items() for k in CLASSES if not n[k]]
+    return out
 
 # %% ../nbs/04_covidx.ipynb #9ca5c340
 VARIANTS = {'covidx-v1-adult-covid-external': 'covidx-v1-public'}  # variants with a name of their own: every public film
@@ -357,6 +376,7 @@ def _write_report(out:Path, # the output folder
     rep = dict(mode=mode, params=params, counts=_counts(df),
                patients={s: int(df[df.split == s].patient_id.nunique()) for s in SPLITS if (df.split == s).any()},
                per_source=df.groupby(['split', 'source', 'label']).size().unstack(fill_value=0).to_string(),
+               collections=_collections(df),
                dropped=dropped, leaks=leaks.to_dict('records'))
     if published is not None: rep['published'] = published
     if mism is not None: rep['label_mismatches'] = int(len(mism))

@@ -19,17 +19,17 @@ from scipy.sparse.csgraph import connected_components
 from .core import CLASSES, LABELS, DataError
 
 # %% auto #0
-__all__ = ['COLUMNS', 'FLAT_FINDINGS', 'IMAGE_EXTS', 'RSNA_CLASSES', 'RADIOGRAPHY_CLASSES', 'URL_ORIGINS', 'SOURCES',
-           'map_finding', 'read_cohen', 'kermany_patient', 'read_kermany', 'read_figure1', 'read_actualmed',
-           'read_rsna', 'read_xlsx', 'url_origin', 'radiography_metadata', 'near_duplicate_groups', 'read_radiography',
-           'Source', 'find_sources', 'read_sources']
+__all__ = ['COLUMNS', 'FLAT_FINDINGS', 'COHEN_SITES', 'IMAGE_EXTS', 'RSNA_CLASSES', 'RADIOGRAPHY_CLASSES', 'URL_ORIGINS',
+           'SOURCES', 'map_finding', 'cohen_collection', 'read_cohen', 'kermany_patient', 'read_kermany',
+           'read_figure1', 'read_actualmed', 'read_rsna', 'read_xlsx', 'url_origin', 'radiography_metadata',
+           'near_duplicate_groups', 'read_radiography', 'Source', 'find_sources', 'read_sources']
 
 # %% ../nbs/03_sources.ipynb #8cf527f8
-COLUMNS = ['patient_id', 'path', 'finding', 'label', 'view', 'source', 'source_split']
+COLUMNS = ['patient_id', 'path', 'finding', 'label', 'view', 'source', 'source_split', 'collection']
 
 def _table(rows:list[dict], source:str) -> pd.DataFrame:
     "Harmonized table from reader rows; checks every label."
-    blank = dict(patient_id='', path='', finding='', label='other', view='', source=source, source_split='')
+    blank = dict(patient_id='', path='', finding='', label='other', view='', source=source, source_split='', collection=source)
     df = pd.DataFrame([{**blank, **{k: ('' if v is None or v != v else v) for k, v in r.items()}} for r in rows],
                       columns=COLUMNS).astype(str)
     bad = set(df['label']) - set(LABELS)
@@ -66,15 +66,26 @@ def _read_csv(path:Path, **kw) -> pd.DataFrame:
     if not Path(path).is_file(): raise DataError(path, "metadata file not found (is this the source's root folder?)")
     return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
 
+COHEN_SITES = {'radiopaedia.org': 'radiopaedia', 'github.com': 'github', 'eurorad.org': 'eurorad', 'sirm.org': 'sirm'}
+
+def cohen_collection(url:str # a row's `url` in Cohen's metadata
+                    ) -> str: # cohen:<site>: radiopaedia, github, eurorad, sirm, journals (any other site), unknown (no url)
+    "The collection of a film of Cohen's: the site its metadata links to; the many journals' and case sites' figures are one."
+    u = str(url or '').strip()
+    if not u: return 'cohen:unknown'
+    host = urlsplit(u if '//' in u else '//' + u).netloc.lower().removeprefix('www.')
+    return 'cohen:' + COHEN_SITES.get(host, 'journals')
+
 def read_cohen(root # the repository's folder: `metadata.csv` and `images/`
               ) -> pd.DataFrame:
-    "Cohen's covid-chestxray-dataset (`metadata.csv` + `images/`), X-ray rows only."
+    "Cohen's covid-chestxray-dataset (`metadata.csv` + `images/`), X-ray rows only; each film's collection from its `url`."
     root = Path(root)
     m = _read_csv(root/'metadata.csv')
     m = m[m['modality'] == 'X-ray'].drop_duplicates('filename')
     folder = m['folder'] if 'folder' in m else 'images'
-    rows = [dict(patient_id=f'cohen:{p}', path=str(root/fo/fn), finding=f, label=map_finding(f), view=v)
-            for p, fo, fn, f, v in zip(m['patientid'], folder, m['filename'], m['finding'], m['view'])]
+    urls = m['url'] if 'url' in m else [''] * len(m)
+    rows = [dict(patient_id=f'cohen:{p}', path=str(root/fo/fn), finding=f, label=map_finding(f), view=v, collection=cohen_collection(u))
+            for p, fo, fn, f, v, u in zip(m['patientid'], folder, m['filename'], m['finding'], m['view'], urls)]
     return _table(rows, 'cohen')
 
 # %% ../nbs/03_sources.ipynb #a2e7b07b
