@@ -2,7 +2,7 @@
 environment without torch, predicts a PNG and a JPEG-LS DICOM with the shipped model and with a model that carries
 OOD statistics, and says whether each film is familiar."""
 from __future__ import annotations
-import csv, io, os, subprocess, sys, venv
+import csv, io, os, shutil, subprocess, sys, venv
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,10 @@ def run(*cmd, **kw) -> subprocess.CompletedProcess:
 def light(tmp_path_factory) -> Path:
     "A fresh environment (no system packages) with the wheel of this checkout and its dependencies: its bin/ folder."
     d = tmp_path_factory.mktemp('light')
-    run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', d / 'dist', ROOT)
+    src = d / 'src'                                   # what the wheel is built from, copied: no stale build/ of the checkout's
+    for folder in ('covidnext', 'models'): shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns('__pycache__'))
+    for f in ('setup.py', 'settings.ini', 'README.md', 'MANIFEST.in'): shutil.copy(ROOT / f, src / f)
+    run(sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', d / 'dist', src)
     wheel, = (d / 'dist').glob('covidnext-*.whl')
     venv.create(d / 'env', with_pip=True)
     run(d / 'env' / 'bin' / 'python', '-m', 'pip', 'install', '-q', wheel)
