@@ -25,9 +25,10 @@ from .metrics import classification_metrics
 
 # %% auto #0
 __all__ = ['RECIPES', 'TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows',
-           'load_split', 'epoch_order', 'SeedStyleDataset', 'seed_style_loader', 'make_loss', 'make_optimizer',
-           'make_scheduler', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from', 'metric_columns',
-           'append_row', 'RunLogger', 'fit', 'example_run', 'train_parser', 'train_config', 'train_cli']
+           'load_split', 'epoch_order', 'train_collections', 'SeedStyleDataset', 'seed_style_loader', 'make_loss',
+           'make_optimizer', 'make_scheduler', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from',
+           'metric_columns', 'append_row', 'RunLogger', 'fit', 'example_run', 'train_parser', 'train_config',
+           'train_cli']
 
 # %% ../nbs/10_train.ipynb #c1c9a958
 def _f(default, help): return field(default=default, metadata={'help': help})  # a field and its --help text
@@ -57,7 +58,7 @@ class TrainConfig:
     scheduler: str = _f('onecycle', "'onecycle' (the study's), 'plateau' (ReduceLROnPlateau on val macro-F1, the seed's) or 'none'")
     plateau_factor: float = _f(0.7, "ReduceLROnPlateau factor")
     plateau_patience: int = _f(5, "ReduceLROnPlateau patience (epochs)")
-    sampler: str = _f('balanced', "'balanced' (class-balanced sampling with replacement, the study's) or 'random' (shuffle, the seed's)")
+    sampler: str = _f('balanced', "'balanced' (class-balanced sampling with replacement, the study's), 'collection' (each class equally, and within a class each of its collections equally), or 'random' (shuffle, the seed's)")
     class_weighted: bool = _f(False, "weight the loss by inverse class frequency")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy (the seed's: 0)")
     augment: bool = _f(True, "the seed's augmentations on training batches")
@@ -88,7 +89,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for k, allowed in (('optimizer', ('adam', 'adamw', 'sgd')), ('scheduler', ('plateau', 'onecycle', 'none')),
-                           ('sampler', ('random', 'balanced')), ('pipeline', ('gpu', 'pil')),
+                           ('sampler', ('random', 'balanced', 'collection')), ('pipeline', ('gpu', 'pil')),
                            ('resize_mode', ('squash', 'pad')), ('device', ('auto', 'cpu', 'cuda')), ('harmonize', HARMONIZE)):
             if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
 
@@ -189,14 +190,22 @@ def epoch_order(labels:torch.Tensor, # class numbers of the training images [N]
                 epoch:int, # the epoch (with `cfg.seed`, the only input of the order)
                 cfg:TrainConfig, # the run's config: `sampler`, `seed`
                 rank:int=0, # this process's rank
-                world:int=1 # processes sharing the epoch
+                world:int=1, # processes sharing the epoch
+                collections=None # each training image's collection (the `collection` sampler needs them)
                ) -> torch.Tensor:
     "Indices of the training images this process visits in `epoch`, in order."
     n = len(labels)
-    if cfg.sampler == 'balanced':
+    if cfg.sampler in ('balanced', 'collection'):
         g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-        counts = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).float()
-        w = (1.0 / counts.clamp(min=1))[labels.cpu()]
+        y = labels.cpu()
+        counts = torch.bincount(y, minlength=int(y.max()) + 1).float()
+        w = (1.0 / counts.clamp(min=1))[y]
+        if cfg.sampler == 'collection':
+            if collections is None or len(collections) != n: raise ValueError("the collection sampler needs each training image's collection")
+            cell = torch.from_numpy(pd.factorize(pd.Series([f'{c}|{k}' for c, k in zip(collections, y.tolist())]))[0])
+            per_cell = torch.bincount(cell).float()
+            cells_of_class = torch.zeros_like(counts).index_add_(0, y, torch.ones(n) / per_cell[cell])   # cells each class has
+            w = 1.0 / (per_cell[cell] * cells_of_class[y])
         total = math.ceil(n / world) * world
         order = torch.multinomial(w, total, replacement=True, generator=g)
         return order[rank:total:world]
@@ -204,6 +213,14 @@ def epoch_order(labels:torch.Tensor, # class numbers of the training images [N]
     s = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     s.set_epoch(epoch)
     return torch.tensor(list(iter(s)), dtype=torch.long)
+
+# %% ../nbs/10_train.ipynb #ee4c7c38
+def train_collections(cache:Cache, # the run's cache
+                      rows:np.ndarray # row numbers (`load_split`'s)
+                     ) -> np.ndarray:
+    "Each row's collection: the cache's `collection` column, or its `source` in a cache built before collections were recorded."
+    t = cache.table
+    return (t['collection'] if 'collection' in t else t['source']).astype(str).values[rows]
 
 # %% ../nbs/10_train.ipynb #d0f077d5
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -496,14 +513,15 @@ def fit(cfg:TrainConfig # everything the run depends on
         for p in out.glob('.*.pt.*.tmp'): p.unlink(missing_ok=True)
     try:
         cache = open_cache(cfg, rank)
-        xtr, ytr, _ = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')
+        xtr, ytr, rtr = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')
+        ctr = train_collections(cache, rtr) if cfg.sampler == 'collection' else None
         xva, yva, _ = load_split(cache, 'val', cfg, dev)
         xte, yte, _ = load_split(cache, 'test', cfg, dev) if cfg.test_log and rank == 0 else (None, None, None)
         model = create_model(cfg.arch, n_classes=len(CLASSES), pretrained=cfg.pretrained,
                              freeze_backbone=cfg.freeze_backbone, input_size=cfg.size, harmonize=cfg.harmonize)
         model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         loader = seed_style_loader(cache, cfg, rank, world, dev) if cfg.pipeline == 'pil' else None
-        n_local = len(epoch_order(ytr, 0, cfg, rank, world)) if loader is None else len(loader.sampler)
+        n_local = len(epoch_order(ytr, 0, cfg, rank, world, ctr)) if loader is None else len(loader.sampler)
         steps_per_epoch = max(1, n_local // cfg.batch_size)
         opt = make_optimizer(cfg, model)
         sched = make_scheduler(cfg, opt, steps_per_epoch)
@@ -524,7 +542,7 @@ def fit(cfg:TrainConfig # everything the run depends on
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and global_step >= cfg.max_steps: break
             if start_step == 0: gen.manual_seed(cfg.seed * 7919 + epoch)
-            order = epoch_order(ytr, epoch, cfg, rank, world)
+            order = epoch_order(ytr, epoch, cfg, rank, world, ctr)
             batches = None
             if loader is not None: loader.sampler.set_epoch(epoch); batches = loader
             def on_step(s, gs, epoch=epoch):
