@@ -17,9 +17,9 @@ from .core import file_hash
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CONFIG_FORMAT', 'MODELS', 'HARMONIZE', 'COVIDNET_REFERENCE', 'Variant',
-           'model_config', 'normalize', 'Preprocess', 'equalize', 'PretrainedWeightsError', 'verify_weights_file',
-           'imagenet_state_dict', 'ConvBn', 'XrayClassifier', 'count_params', 'build_from_config', 'create_model',
-           'covidnext50', 'count_macs', 'model_table', 'autocast', 'predict_probs']
+           'model_config', 'hide_center', 'normalize', 'Preprocess', 'equalize', 'PretrainedWeightsError',
+           'verify_weights_file', 'imagenet_state_dict', 'ConvBn', 'XrayClassifier', 'count_params',
+           'build_from_config', 'create_model', 'covidnext50', 'count_macs', 'model_table', 'autocast', 'predict_probs']
 
 # %% ../nbs/07_model.ipynb #21870e84
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights were trained on these
@@ -60,20 +60,34 @@ def model_config(name:str='covidnext50', # a key of `MODELS`
                  freeze_backbone:bool=False, # freeze the backbone's parameters
                  input_size:int=256, # side of the training images (the seed's: 256)
                  scale:str|None=None, # 'unit', 'imagenet', or None: 'imagenet' when pretrained, else 'unit'
-                 harmonize:str='none' # intensity harmonization inside the model: 'none' or 'equalize' (see `equalize`)
+                 harmonize:str='none', # intensity harmonization inside the model: 'none' or 'equalize' (see `equalize`)
+                 hide_center:float=0.0 # the lungs-hidden control: the central share of each side filled with the film's mean (`hide_center`); 0: none
                 ) -> dict:
     "The plain, JSON-ready config of a model: what `build_from_config` and `normalize` read."
     v = _variant(name)
     scale = scale or ('imagenet' if pretrained is not None else 'unit')
     if scale not in ('unit', 'imagenet'): raise ValueError(f"scale={scale!r}: 'unit' or 'imagenet'")
     if harmonize not in HARMONIZE: raise ValueError(f"harmonize={harmonize!r}: one of {HARMONIZE}")
+    if not 0 <= hide_center < 1: raise ValueError(f"hide_center={hide_center!r}: a share of each side, from 0 (none) to under 1")
     wfile = None if pretrained is None else Path(pretrained).name if _is_path(pretrained) else tvm.get_weight(v.weights).url.rsplit('/', 1)[-1]
     return dict(format=CONFIG_FORMAT, name=name, n_classes=int(n_classes),
                 pretrained=None if pretrained is None else 'imagenet',
                 weights=None if pretrained is None else v.weights, weights_file=wfile,
                 freeze_backbone=bool(freeze_backbone), in_chans=1, repeat_chans=3, input_size=int(input_size),
                 scale=scale, mean=list(IMAGENET_MEAN) if scale == 'imagenet' else None,
-                std=list(IMAGENET_STD) if scale == 'imagenet' else None, harmonize=harmonize)
+                std=list(IMAGENET_STD) if scale == 'imagenet' else None, harmonize=harmonize,
+                **({'hide_center': float(hide_center)} if hide_center else {}))   # configs without it hide nothing
+
+# %% ../nbs/07_model.ipynb #396d1350
+def hide_center(x:torch.Tensor, # float [B,C,H,W] in [0, 1]
+                frac:float # the share of each side hidden, centred: 0.6 hides the middle 60 % of the rows and of the columns
+               ) -> torch.Tensor:
+    "Each image with its central region filled with the image's mean."
+    h, w = x.shape[-2:]
+    rows = ((torch.arange(h, device=x.device) + 0.5) / h - 0.5).abs() < frac / 2
+    cols = ((torch.arange(w, device=x.device) + 0.5) / w - 0.5).abs() < frac / 2
+    m = (rows[:, None] & cols[None, :]).to(x.dtype)
+    return x * (1 - m) + x.mean((-2, -1), keepdim=True) * m
 
 # %% ../nbs/07_model.ipynb #f75e2a1e
 def normalize(x:torch.Tensor, # uint8 [B,1,H,W] in [0,255], or float [B,1,H,W] in [0,1]
@@ -91,6 +105,7 @@ def normalize(x:torch.Tensor, # uint8 [B,1,H,W] in [0,255], or float [B,1,H,W] i
                 raise ValueError(f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]: pass uint8 "
                                  f"[0, 255] images or divide them by 255 once; the model scales them itself (scale={cfg['scale']!r})")
     else: raise TypeError(f"expected uint8 [0,255] or float [0,1] images, got {x.dtype}")
+    if f := cfg.get('hide_center', 0): x = hide_center(x, f)
     h = cfg.get('harmonize', 'none')  # configs written before harmonization existed have none
     if h == 'equalize': x = equalize(x)
     elif h != 'none': raise ValueError(f"unknown harmonize {h!r}")
@@ -248,10 +263,11 @@ def create_model(name:str='covidnext50', # a key of `MODELS`
                  freeze_backbone:bool=False, # freeze the backbone's parameters
                  input_size:int=256, # side of the training images, recorded in the config
                  scale:str|None=None, # pixel scaling; None: 'imagenet' when pretrained, else 'unit'
-                 harmonize:str='none' # intensity harmonization: 'none' or 'equalize'
+                 harmonize:str='none', # intensity harmonization: 'none' or 'equalize'
+                 hide_center:float=0.0 # the lungs-hidden control's share of each side (`hide_center`); 0: none
                 ) -> XrayClassifier:
     "A registered model; with `pretrained`, its backbone holds verified ImageNet weights or this raises."
-    cfg = model_config(name, n_classes, pretrained, freeze_backbone, input_size, scale, harmonize)
+    cfg = model_config(name, n_classes, pretrained, freeze_backbone, input_size, scale, harmonize, hide_center)
     sd = None if pretrained is None else imagenet_state_dict(name, pretrained)
     model = build_from_config(cfg)
     if sd is not None:

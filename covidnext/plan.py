@@ -144,14 +144,15 @@ def run_steps(self:Study, arch:str, # a variant
 
 # %% ../nbs/21_plan.ipynb #f88bc0fb
 SETTINGS = {'': {}, 'pad': dict(resize_mode='pad'), 'equalize': dict(harmonize='equalize'), 'srcaug': dict(source_aug=0.5),
+            'collection': dict(sampler='collection'),
             'all': dict(resize_mode='pad', harmonize='equalize', source_aug=0.5)}
 
-def mitigation(setting:str # <v1|adult|plus|public>[-pad|-equalize|-srcaug|-all]
+def mitigation(setting:str # <v1|adult|plus|public>[-pad|-equalize|-srcaug|-all|-collection]
               ) -> tuple: # (its training split: v1, adult, plus or public; its training config fields)
     "A setting's training split and parameters (public: covidx-v1-public, trained after the screen, never screened)."
     split, _, m = setting.partition('-')
     if split not in ('v1', 'adult', 'plus', 'public') or m not in SETTINGS:
-        raise ValueError(f"unknown mitigation setting {setting!r}: <v1|adult|plus>[-pad|-equalize|-srcaug|-all]")
+        raise ValueError(f"unknown mitigation setting {setting!r}: <v1|adult|plus>[-pad|-equalize|-srcaug|-all|-collection]")
     return split, SETTINGS[m]
 
 def public_setting(chosen:str # the setting the screen chose, e.g. adult-equalize

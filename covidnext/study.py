@@ -152,7 +152,7 @@ def quick_note(profile:dict # the quick profile's dict
 # %% ../nbs/23_study.ipynb #eeadcc63
 _PROFILE = "the profile: quick (a smoke test on a CPU), cpu (a real study at CPU scale) or full (the study for a GPU; see below), or a .json file"
 _ARCHS = "the variants to train, replacing the profile's: model names, or <model>-frozen for the seed's frozen backbone; none: no variant"
-_SETTINGS = "the settings the age-shortcut step screens, replacing the profile's: v1, adult or plus, alone or with -pad, -equalize, -srcaug or -all"
+_SETTINGS = "the settings the age-shortcut step screens, replacing the profile's: v1, adult or plus, alone or with -pad, -equalize, -srcaug, -all or -collection"
 _NO_SOURCES = '<no sources folder>'
 
 def study_plan(profile:str='quick', # `load_profile`'s profile

@@ -64,6 +64,7 @@ class TrainConfig:
     augment: bool = _f(True, "the seed's augmentations on training batches")
     source_aug: float = _f(0.0, "probability of each source-breaking augmentation on top of the seed's (random resized crop, blur, noise, JPEG re-compression; 0: off)")
     harmonize: str = _f('none', "intensity harmonization inside the model: 'none' or 'equalize' (per-image histogram equalization)")
+    hide_lungs: float = _f(0.0, "the lungs-hidden control: the central share of each side of every film filled with its mean, in training and in the model (e.g. 0.6); 0: none")
     ema: float = _f(0.999, "decay of an exponential moving average of the weights (0: off, the seed's); validation, best.pt and predictions use the average")
     early_stop: int = _f(0, "stop after this many epochs without a better val macro-F1 (0: off)")
     # speed
@@ -518,7 +519,8 @@ def fit(cfg:TrainConfig # everything the run depends on
         xva, yva, _ = load_split(cache, 'val', cfg, dev)
         xte, yte, _ = load_split(cache, 'test', cfg, dev) if cfg.test_log and rank == 0 else (None, None, None)
         model = create_model(cfg.arch, n_classes=len(CLASSES), pretrained=cfg.pretrained,
-                             freeze_backbone=cfg.freeze_backbone, input_size=cfg.size, harmonize=cfg.harmonize)
+                             freeze_backbone=cfg.freeze_backbone, input_size=cfg.size, harmonize=cfg.harmonize,
+                             hide_center=cfg.hide_lungs)
         model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         loader = seed_style_loader(cache, cfg, rank, world, dev) if cfg.pipeline == 'pil' else None
         n_local = len(epoch_order(ytr, 0, cfg, rank, world, ctr)) if loader is None else len(loader.sampler)
