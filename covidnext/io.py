@@ -279,9 +279,10 @@ def read_film(path, # JPEG, PNG or DICOM, as `load_xray` reads it
              ) -> Film:
     "Read an image for a predictor: `load_xray`, then the gates; a `DataError` names the file and why it is refused."
     if not gates: return Film(load_xray(path, max_pixels))
-    image, ds = _load(Path(path), max_pixels, gate=_dicom_gates)   # DICOM is refused from its header, before decoding
+    warns = []                                       # DICOM is refused from its header, before decoding; the rest warned of
+    image, _ = _load(Path(path), max_pixels, gate=lambda p, ds: warns.extend(_dicom_gates(p, ds)))
     check_pixels(image, path)
-    return Film(image, _dicom_gates(path, ds) if ds is not None else [])
+    return Film(image, warns)
 
 # %% ../nbs/01_io.ipynb #7da752b7
 def pixel_hash(arr # a pixel array, e.g. from `load_xray`

@@ -6,11 +6,10 @@
 from __future__ import annotations
 import numpy as np
 import torch
-
-from .core import resolve_device
 from torch import nn
 
-from .checkpoint import Checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
+from .core import resolve_device
+from .checkpoint import Checkpoint, checkpoint_state, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 # %% auto #0
 __all__ = ['OOD_QUANTILE', 'mahalanobis', 'energy', 'fit_ood', 'penultimate', 'ood_stats', 'with_ood', 'MahalanobisScore']
@@ -67,7 +66,7 @@ def ood_stats(checkpoint, # a covidnext checkpoint (a file, or one read)
               sources=None, # the sources folder (default: $COVIDNEXT_SOURCES, then the checkpoint's)
               cache=None, # a built cache of the split, matching the checkpoint's size and geometry
               cache_root='.cache', # where caches are built
-              drop_sources:str='', # sources left out, as the run left them out
+              drop_sources:str=None, # sources left out (default: those the run left out, its config's `drop_sources`)
               device:str='auto', # 'auto', 'cpu' or 'cuda'
               quantile:float=OOD_QUANTILE # the share of validation films under the threshold
              ) -> dict: # `fit_ood`'s statistics as tensors and plain values, the checkpoint's `ood` entry
@@ -75,6 +74,7 @@ def ood_stats(checkpoint, # a covidnext checkpoint (a file, or one read)
     from covidnext.evaluate import split_cache
     dev = resolve_device(device)
     model, ck = model_from_checkpoint(checkpoint, dev)
+    drop_sources = ck.config.get('drop_sources', '') if drop_sources is None else drop_sources
     c = split_cache(ck.config, 'train', split_csv, sources, cache, cache_root)
     rows = {s: c.without_sources(c.indices(s), drop_sources) if drop_sources else c.indices(s) for s in ('train', 'val')}
     feats = {s: penultimate(model, c.images(r, device=dev))[0] for s, r in rows.items()}
@@ -86,7 +86,6 @@ def with_ood(checkpoint, # a covidnext checkpoint file (or one read)
              **kwargs # `ood_stats`'s data arguments: split_csv, sources, cache, cache_root, drop_sources, device, quantile
             ) -> Checkpoint: # the checkpoint written, read back
     "The checkpoint with its OOD statistics, written to `out`."
-    from covidnext.checkpoint import checkpoint_state
     ck = read_checkpoint(checkpoint)
     ood = ood_stats(ck, **kwargs)
     save_checkpoint(checkpoint_state(ck.model, ck.model_config, ck.config, ck.classes, ck.epoch, ck.metrics, ck.resume, ood), out)
