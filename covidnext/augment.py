@@ -14,8 +14,8 @@ from torchvision.transforms import v2, InterpolationMode
 
 # %% auto #0
 __all__ = ['JPEG_LUMA_Q50', 'AugmentConfig', 'to_gray_uint8', 'train_transforms', 'eval_transforms', 'sample_params',
-           'affine_theta', 'to_device', 'blur_batch', 'jpeg_tables', 'jpeg_batch', 'augment_batch', 'resize_batch',
-           'GpuAugment']
+           'affine_theta', 'to_device', 'blur_batch', 'jpeg_tables', 'jpeg_batch', 'match_histograms', 'partners',
+           'acquisition_batch', 'augment_batch', 'resize_batch', 'GpuAugment']
 
 # %% ../nbs/06_augment.ipynb #6279d71a
 @dataclass
@@ -42,22 +42,42 @@ class AugmentConfig:
     noise_std:tuple=(0.01, 0.05) # its standard deviation, as a fraction of the full range
     jpeg_p:float=0.             # probability of a JPEG re-compression (last)
     jpeg_quality:tuple=(20, 80) # its quality, drawn as an integer from this range
+    # acquisition-style augmentations: the film re-rendered as another hospital might store it (all off by default)
+    match_p:float=0.            # probability of taking the histogram of a film of another collection in the batch
+    gamma_p:float=0.            # probability of a gamma curve
+    gamma:tuple=(0.6, 1.6)      # its exponent, drawn log-uniformly
+    sharpen_p:float=0.          # probability of an unsharp mask
+    sharpen:tuple=(0.5, 2.)     # its amount
+    resample_p:float=0.         # probability of a down-and-up resampling (a film stored small, then enlarged)
+    resample:tuple=(0.35, 0.8)  # the small side, as a fraction of the image's
+    border_p:float=0.           # probability of letterbox borders: the film squeezed along one axis between black or white bars
+    border:tuple=(0.7, 0.95)    # the film's share of the side it is squeezed along
 
     def __post_init__(self):
-        for k in ('translate', 'scale', 'crop_scale', 'crop_ratio', 'blur_sigma', 'noise_std', 'jpeg_quality'):
+        for k in ('translate', 'scale', 'crop_scale', 'crop_ratio', 'blur_sigma', 'noise_std', 'jpeg_quality', 'gamma', 'sharpen',
+                  'resample', 'border'):
             setattr(self, k, tuple(getattr(self, k)))
-        for k in ('vflip', 'hflip', 'affine_p', 'jitter_p', 'crop_p', 'blur_p', 'noise_p', 'jpeg_p'):
+        for k in ('vflip', 'hflip', 'affine_p', 'jitter_p', 'crop_p', 'blur_p', 'noise_p', 'jpeg_p', 'match_p', 'gamma_p', 'sharpen_p',
+                  'resample_p', 'border_p'):
             if not 0 <= getattr(self, k) <= 1: raise ValueError(f"AugmentConfig.{k}={getattr(self, k)}: a probability is in [0, 1]")
         if self.interpolation not in ('nearest', 'bilinear'):
             raise ValueError(f"AugmentConfig.interpolation={self.interpolation!r}: 'nearest' or 'bilinear'")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1: raise ValueError(f"AugmentConfig.crop_scale={self.crop_scale}: 0 < low <= high <= 1")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 5: raise ValueError(f"AugmentConfig.blur_sigma={self.blur_sigma}: 0 < low <= high <= 5")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100: raise ValueError(f"AugmentConfig.jpeg_quality={self.jpeg_quality}: 1 <= low <= high <= 100")
+        for k in ('gamma', 'sharpen', 'resample', 'border'):
+            lo, hi = getattr(self, k)
+            if not 0 < lo <= hi or (k in ('resample', 'border') and hi > 1): raise ValueError(f"AugmentConfig.{k}={(lo, hi)}: 0 < low <= high" + (" <= 1" if k in ('resample', 'border') else ''))
 
     @property
     def source_breaking(self) -> bool:
         "Whether any of the source-breaking augmentations is on."
         return any((self.crop_p, self.blur_p, self.noise_p, self.jpeg_p))
+
+    @property
+    def acquisition(self) -> bool:
+        "Whether any of the acquisition-style augmentations is on."
+        return any((self.match_p, self.gamma_p, self.sharpen_p, self.resample_p, self.border_p))
 
     def to_dict(self) -> dict:
         "Plain JSON-ready values, e.g. for a run's config or a checkpoint."
@@ -75,10 +95,13 @@ class AugmentConfig:
         return cls(vflip=0., hflip=0., affine_p=0., jitter_p=0.)
 
     @classmethod
-    def seed_plus(cls, source_aug:float=0. # probability of each source-breaking augmentation (0: the seed's alone)
+    def seed_plus(cls, source_aug:float=0., # probability of each source-breaking augmentation (0: the seed's alone)
+                  acquisition:float=0. # probability of each acquisition-style augmentation (0: none)
                  ) -> AugmentConfig:
-        "The seed's augmentations, plus crop, blur, noise and JPEG re-compression each drawn with probability `source_aug`."
-        return cls(crop_p=source_aug, blur_p=source_aug, noise_p=source_aug, jpeg_p=source_aug)
+        "The seed's augmentations, plus crop, blur, noise and JPEG re-compression each drawn with probability `source_aug`, and histogram matching, gamma, sharpening, resampling and borders each with probability `acquisition`."
+        a = acquisition
+        return cls(crop_p=source_aug, blur_p=source_aug, noise_p=source_aug, jpeg_p=source_aug,
+                   match_p=a, gamma_p=a, sharpen_p=a, resample_p=a, border_p=a)
 
 # %% ../nbs/06_augment.ipynb #4c157ba4
 _PIL_8BIT = {'1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr'}
@@ -176,6 +199,16 @@ def sample_params(n:int, # number of images
                  noise=v[:, 7] < cfg.noise_p, noise_std=vnif(8, *cfg.noise_std),
                  jpeg=v[:, 9] < cfg.jpeg_p, quality=vnif(10, cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1).floor().clamp(max=cfg.jpeg_quality[1]).long(),
                  noise_seed=torch.randint(0, 2**62, (1,), generator=generator))
+    if cfg.acquisition:      # likewise drawn only when on
+        a = torch.rand(n, 12, generator=generator, dtype=torch.float64)
+        def anif(i, lo, hi): return lo + (hi - lo) * a[:, i]
+        p.update(match=a[:, 0] < cfg.match_p, partner=a[:, 1],
+                 gamma=a[:, 2] < cfg.gamma_p, gamma_exp=torch.exp(anif(3, *map(math.log, cfg.gamma))),
+                 sharpen=a[:, 4] < cfg.sharpen_p, sharpen_amount=anif(5, *cfg.sharpen),
+                 resample=a[:, 6] < cfg.resample_p,   # the small side's share, on 4 levels: one batched resize per level
+                 resample_share=cfg.resample[0] + (cfg.resample[1] - cfg.resample[0]) * (a[:, 7] * 4).floor().clamp(max=3) / 3,
+                 border=a[:, 8] < cfg.border_p, border_share=anif(9, *cfg.border), border_rows=a[:, 10] < 0.5,
+                 border_white=a[:, 11] < 0.5)
     return p
 
 # %% ../nbs/06_augment.ipynb #264f87ff
@@ -262,10 +295,73 @@ def jpeg_batch(x:torch.Tensor, # uint8 [B,1,H,W] or float [B,1,H,W] in [0,1]
     y = y.to(torch.uint8) if u8 else (y / 255).to(x.dtype)
     return torch.where(to_device(which, dev).view(B, 1, 1, 1), y, x)
 
+# %% ../nbs/06_augment.ipynb #c65f335a
+def match_histograms(x:torch.Tensor, # uint8 [B,1,H,W] or float images
+                     ref:torch.Tensor # images of the same shape: the histograms to take
+                    ) -> torch.Tensor:
+    "Each image of `x` with the histogram of its `ref` image: the k-th darkest pixel takes the k-th darkest value of `ref` (ties in order of position); same dtype as `x`."
+    if x.shape != ref.shape: raise ValueError(f"match_histograms: images {list(x.shape)} and references {list(ref.shape)} differ in shape")
+    B = x.shape[0]
+    order = x.reshape(B, -1).float().argsort(dim=1, stable=True)
+    out = torch.empty(ref.reshape(B, -1).shape, dtype=ref.dtype, device=ref.device)
+    out.scatter_(1, order, ref.reshape(B, -1).sort(1).values)
+    return out.view(x.shape).to(x.dtype)
+
+def partners(u:torch.Tensor, # [B] uniform draws in [0,1), one per image
+             groups:torch.Tensor|None=None # [B] each image's collection number; None: any other image of the batch
+            ) -> tuple: # ([B] the partner's index, [B] bool: the image has one)
+    "For each image, another image of the batch drawn uniformly among those of another collection."
+    B = len(u)
+    other = (groups[None, :] != groups[:, None]) if groups is not None else ~torch.eye(B, dtype=torch.bool)
+    other = other.cpu()
+    n = other.sum(1)
+    k = (u.double() * n).floor().long().clamp(min=0, max=None)
+    k = torch.minimum(k, (n - 1).clamp(min=0))
+    return (other.long().cumsum(1) <= k[:, None]).sum(1).clamp(max=B - 1), n > 0
+
+# %% ../nbs/06_augment.ipynb #c0c8e2f7
+def acquisition_batch(xf:torch.Tensor, # float [B,1,H,W] in [0, top]
+                      p:dict, # the draws (`sample_params` with acquisition on)
+                      top:float=255., # the images' full scale: 255 or 1
+                      groups:torch.Tensor|None=None # [B] each image's collection number, for the histogram matching
+                     ) -> torch.Tensor:
+    "The acquisition-style augmentations each image drew: histogram of a film of another collection, gamma, unsharp mask, down-and-up resampling, letterbox bars."
+    B, _, H, W = xf.shape
+    dev, dt = xf.device, xf.dtype
+    def col(k): return to_device(p[k], dev).view(B, 1, 1, 1)
+    if p['match'].any():
+        j, ok = partners(p['partner'], None if groups is None else groups.cpu())
+        use = p['match'] & ok
+        if use.any(): xf = torch.where(to_device(use, dev).view(B, 1, 1, 1), match_histograms(xf, xf[to_device(j, dev)]), xf)
+    if p['gamma'].any(): xf = torch.where(col('gamma'), top * (xf / top).clamp(0, 1) ** col('gamma_exp').to(dt), xf)
+    if p['sharpen'].any():
+        soft = blur_batch(xf, torch.full((B,), max(0.6, W / 112), dtype=torch.float64))
+        xf = torch.where(col('sharpen'), (xf + col('sharpen_amount').to(dt) * (xf - soft)).clamp(0, top), xf)
+    if p['resample'].any():
+        y = xf.clone()
+        for share in p['resample_share'][p['resample']].unique().tolist():
+            sel = to_device(p['resample'] & (p['resample_share'] == share), dev)
+            side = lambda n: max(2, round(n * share))
+            small = F.interpolate(xf[sel], size=(side(H), side(W)), mode='bilinear', align_corners=False, antialias=True)
+            y[sel] = F.interpolate(small, size=(H, W), mode='bilinear', align_corners=False)
+        xf = y.clamp(0, top)
+    if p['border'].any():
+        s, rows = p['border_share'].double(), p['border_rows']
+        one, z = torch.ones(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64)
+        sx, sy = torch.where(rows, one, s), torch.where(rows, s, one)     # squeezed across (bars left and right) or down
+        theta = torch.stack([torch.stack([1 / sx, z, z], -1), torch.stack([z, 1 / sy, z], -1)], -2)
+        grid = F.affine_grid(to_device(theta, dev).to(dt), [B, 1, H, W], align_corners=False)
+        inside = F.grid_sample(torch.ones_like(xf), grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+        fill = col('border_white').to(dt) * top
+        boxed = F.grid_sample(xf, grid, mode='bilinear', padding_mode='zeros', align_corners=False) + fill * (1 - inside)
+        xf = torch.where(col('border'), boxed, xf)
+    return xf
+
 # %% ../nbs/06_augment.ipynb #072e218a
 def augment_batch(x:torch.Tensor, # uint8 [B,1,H,W] in [0,255], or float [B,1,H,W] in [0,1]
                   p:dict, # the draws, from `sample_params` (CPU tensors)
-                  cfg:AugmentConfig|None=None # only `interpolation` is read here
+                  cfg:AugmentConfig|None=None, # only `interpolation` is read here
+                  groups:torch.Tensor|None=None # [B] each image's collection number (histogram matching takes another collection's film)
                  ) -> torch.Tensor:
     "Apply each image's drawn augmentations to the batch, on its device; same dtype out as in."
     _check_batch(x)
@@ -275,6 +371,7 @@ def augment_batch(x:torch.Tensor, # uint8 [B,1,H,W] in [0,255], or float [B,1,H,
     xf, top = (x.float(), 255.) if u8 else (x, 1.)
     dev, dt = x.device, xf.dtype
     def col(k): return to_device(p[k], dev).view(B, 1, 1, 1)
+    if 'match' in p: xf = acquisition_batch(xf, p, top, groups)   # first: the film as another hospital stored it
     if 'crop' in p and p['crop'].any():
         z = torch.zeros(B, dtype=torch.float64)
         theta = torch.stack([torch.stack([p['crop_w'], z, p['crop_x']], -1), torch.stack([z, p['crop_h'], p['crop_y']], -1)], -2)
@@ -325,13 +422,14 @@ class GpuAugment(nn.Module):
 
     def forward(self, x:torch.Tensor, # uint8 [B,1,H,W] in [0,255] or float [B,1,H,W] in [0,1]
                 generator:torch.Generator|None=None, # a CPU generator for this call, overriding the module's
-                return_params:bool=False # also return the draws
+                return_params:bool=False, # also return the draws
+                groups:torch.Tensor|None=None # [B] each image's collection number, for the histogram matching
                ):
         "The augmented batch, same dtype as `x` (and the draws when `return_params`)."
         _check_batch(x)
         if self.size is not None: x = resize_batch(x, self.size)
         p = sample_params(x.shape[0], x.shape[2], x.shape[3], self.cfg, generator if generator is not None else self.generator)
-        y = augment_batch(x, p, self.cfg)
+        y = augment_batch(x, p, self.cfg, groups)
         return (y, p) if return_params else y
 
     def extra_repr(self):

@@ -62,7 +62,7 @@ def load_checkpoint(path, # a checkpoint file written by `save_checkpoint`
 SCHEMA_VERSION = 2   # the checkpoint schema this covidnext writes; `read_checkpoint` reads versions 1 and 2
 PREPROCESS_KEYS = ('in_chans', 'repeat_chans', 'input_size', 'scale', 'mean', 'std', 'harmonize', 'hide_center')  # the model config's preprocessing
 RESUME_KEYS = ('optimizer', 'scheduler', 'step_in_epoch', 'global_step', 'aug_generator', 'torch_rng', 'history', 'best',
-               'model_raw', 'ema_n')   # what an exact resume needs beyond the weights (model_raw, ema_n: with a weight average)
+               'model_raw', 'ema_n', 'adversary')   # what an exact resume needs beyond the weights (model_raw, ema_n: with a weight average; adversary: with a collection adversary)
 
 @dataclass
 class Checkpoint:

@@ -22,14 +22,15 @@ from .sources import RADIOGRAPHY_CLASSES, find_sources, read_sources
 
 # %% auto #0
 __all__ = ['SPLITS', 'COVIDNET_TEST_PATIENTS', 'ADULT_ORIGIN', 'ADULT_SPLITS', 'ADULT_FRACS', 'COVID_VIEWS', 'NEAR_BITS',
-           'EXTRA_COVID', 'EXTERNAL', 'EXTERNAL_SPLITS', 'EXTERNAL_FRACS', 'NEG_SPLIT', 'NEG_LABELS', 'FRONTAL_VIEWS',
-           'VARIANTS', 'read_split_file', 'resolve_split_files', 'scan_images', 'leak_groups', 'find_leaks',
-           'carve_val', 'assign_test', 'select_adult_normals', 'assign_adult', 'dhash_bits', 'nearest_hash',
-           'add_covid', 'select_external_neg', 'build_split', 'confounder_table', 'build_cli']
+           'EXTRA_COVID', 'EXTERNAL', 'EXTERNAL_SPLITS', 'EXTERNAL_FRACS', 'NEG_SPLIT', 'VAL_NEG_SPLIT', 'NEG_TEST_MIN',
+           'NEG_LABELS', 'FRONTAL_VIEWS', 'VARIANTS', 'read_split_file', 'resolve_split_files', 'scan_images',
+           'leak_groups', 'find_leaks', 'carve_val', 'assign_test', 'select_adult_normals', 'assign_adult',
+           'dhash_bits', 'nearest_hash', 'add_covid', 'select_external_neg', 'carve_val_neg', 'build_split',
+           'confounder_table', 'build_cli']
 
 # %% ../nbs/04_covidx.ipynb #854fd9e0
 # in report order; `test_adult` only with adult normals, `test_external` and `test_external_neg` only with external films
-SPLITS = ('train', 'val', 'test', 'test_adult', 'test_external', 'test_external_neg')
+SPLITS = ('train', 'val', 'test', 'test_adult', 'test_external', 'val_external_neg', 'test_external_neg')
 
 def read_split_file(path # a COVIDx split file, one image a line: `patientid filename label [source]`
                    ) -> pd.DataFrame:
@@ -250,6 +251,8 @@ EXTERNAL = 'radiography-covid'     # the source of the COVID-19 films from hospi
 EXTERNAL_SPLITS = ('train', 'val', 'test_external')
 EXTERNAL_FRACS = (0.6, 0.1, 0.3)   # shares of the external patient groups in EXTERNAL_SPLITS
 NEG_SPLIT = 'test_external_neg'    # Cohen's films without COVID-19 whose patients are in no other split
+VAL_NEG_SPLIT = 'val_external_neg' # part of them, by patient, for validation: the only adult films without COVID-19 from outside RSNA that a choice can see
+NEG_TEST_MIN = 30                  # films that stay in NEG_SPLIT at least
 NEG_LABELS = ('normal', 'bacteria', 'viral')
 FRONTAL_VIEWS = ('PA', 'AP', 'AP Supine')
 
@@ -260,6 +263,19 @@ def select_external_neg(table:pd.DataFrame, # the sources table, Cohen's rows am
     keep = ((table.source == 'cohen') & table.label.isin(NEG_LABELS) & table.view.isin(FRONTAL_VIEWS)
             & ~table.patient_id.isin(set(df.patient_id)))
     return table[keep].drop(columns='split', errors='ignore').reset_index(drop=True)
+
+# %% ../nbs/04_covidx.ipynb #a976790b
+def carve_val_neg(df:pd.DataFrame, # the rows of the split, NEG_SPLIT's among them
+                  seed:int=0, # seed of the patients' order
+                  keep:int=NEG_TEST_MIN # films that stay in NEG_SPLIT at least
+                 ) -> pd.DataFrame:
+    "Move whole patients of `NEG_SPLIT`, in a seeded order, to `VAL_NEG_SPLIT` while at least `keep` films stay behind."
+    neg = df.split == NEG_SPLIT
+    room, val = int(neg.sum()) - keep, []
+    per = df[neg].groupby('patient_id').size()
+    for p in per.sample(frac=1, random_state=seed).index:
+        if per[p] <= room: val.append(p); room -= per[p]
+    return df.assign(split=np.where(neg & df.patient_id.isin(val), VAL_NEG_SPLIT, df.split))
 
 # %% ../nbs/04_covidx.ipynb #e6902169
 def _readable(df:pd.DataFrame, # rows with `path` (and `split`)
@@ -312,6 +328,11 @@ def _markdown(rep:dict # the report, as `_write_report` makes it
               f"into {', '.join(EXTERNAL_SPLITS)} (seed {rep['params']['seed']}). `{n['split']}`: {n['used']} of {n['candidates']} Cohen films "
               f"without COVID-19 ({', '.join(f'{k} {v}' for k, v in n['labels'].items())}; {n['patients']} patients; views "
               f"{'/'.join(n['views'])}) of patients in no other split. Both are reported apart; nothing is chosen on them."]
+        if 'val' in n:
+            v = n['val']
+            L += ['', f"`{v['split']}`: {v['used']} more of those films ({v['patients']} patients, drawn whole in a seeded order while at "
+                  f"least {NEG_TEST_MIN} films stay in `{n['split']}`), the only adult films without COVID-19 from outside RSNA that "
+                  "validation, and so a choice, can see."]
     L += ['', '## Per source', '', '```', rep['per_source'], '```', '']
     if 'collections' in rep:
         co = rep['collections']
@@ -468,10 +489,12 @@ def _with_external(df:pd.DataFrame, # the rows of the split so far, every other 
     cand = select_external_neg(table, df)
     neg, lost3 = _readable(cand, src, workers, progress)
     df, lost4 = add_covid(df, neg, NEAR_BITS, progress, NEG_SPLIT, df.source.isin(['cohen', EXTRA_COVID]).values)
+    df = carve_val_neg(df, seed)
     dropped = lost + lost3 + [dict(file=os.path.relpath(d['path'], src), split='', reason=d['reason']) for d in lost2 + lost4]
-    is_ext, is_neg = df.source == EXTERNAL, df.split == NEG_SPLIT
+    is_ext, is_neg, is_val = df.source == EXTERNAL, df.split == NEG_SPLIT, df.split == VAL_NEG_SPLIT
     neg = dict(split=NEG_SPLIT, views=list(FRONTAL_VIEWS), candidates=int(len(cand)), used=int(is_neg.sum()),
-               patients=int(df.patient_id[is_neg].nunique()), labels={l: int((df.label[is_neg] == l).sum()) for l in NEG_LABELS})
+               patients=int(df.patient_id[is_neg].nunique()), labels={l: int((df.label[is_neg] == l).sum()) for l in NEG_LABELS},
+               val=dict(split=VAL_NEG_SPLIT, used=int(is_val.sum()), patients=int(df.patient_id[is_val].nunique())))
     return df, dropped, dict(source=EXTERNAL, listed=int(len(films)), used=int(is_ext.sum()), patients=int(df.patient_id[is_ext].nunique()),
                              split={s: int((is_ext & (df.split == s)).sum()) for s in EXTERNAL_SPLITS}, neg=neg)
 
@@ -531,7 +554,7 @@ def build_split(sources=None,        # folder holding the public sources (defaul
         raise DataError(out, f"generated split leaks: {leaks.to_dict('records')}")
     added = (df.source == 'radiography') & (adult is not None)    # the films a variant adds to the published split
     if covid is not None: added |= df.path.isin(extra)
-    if ext is not None: added |= (df.source == EXTERNAL) | (df.split == NEG_SPLIT)
+    if ext is not None: added |= (df.source == EXTERNAL) | df.split.isin([NEG_SPLIT, VAL_NEG_SPLIT])
     bad = leaks[leaks.key.isin(set(df.patient_id[added]) | set(df.pixel_hash[added]))]
     if len(bad): raise DataError(out, f"added films (adult normals, more COVID-19, external) leak across splits: {bad.to_dict('records')}")
     df = _save_split(df, src, out)

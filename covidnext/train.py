@@ -25,8 +25,9 @@ from .metrics import classification_metrics
 
 # %% auto #0
 __all__ = ['RECIPES', 'TrainConfig', 'setup_distributed', 'seed_everything', 'subset_rows', 'open_cache', 'usable_rows',
-           'load_split', 'epoch_order', 'train_collections', 'SeedStyleDataset', 'seed_style_loader', 'make_loss',
-           'make_optimizer', 'make_scheduler', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from',
+           'load_split', 'epoch_order', 'train_collections', 'needs_collections', 'SeedStyleDataset',
+           'seed_style_loader', 'make_loss', 'make_optimizer', 'make_scheduler', 'GradReverse', 'CollectionAdversary',
+           'collection_cells', 'WithAdversary', 'NonFiniteLoss', 'train_one_epoch', 'validate', 'EMA', 'resume_from',
            'metric_columns', 'append_row', 'RunLogger', 'fit', 'example_run', 'train_parser', 'train_config',
            'train_cli']
 
@@ -64,6 +65,8 @@ class TrainConfig:
     augment: bool = _f(True, "the seed's augmentations on training batches")
     source_aug: float = _f(0.0, "probability of each source-breaking augmentation on top of the seed's (random resized crop, blur, noise, JPEG re-compression; 0: off)")
     harmonize: str = _f('none', "intensity harmonization inside the model: 'none' or 'equalize' (per-image histogram equalization)")
+    acquisition: float = _f(0.0, "probability of each acquisition-style augmentation (the film given the histogram of a film of another collection in the batch, gamma, sharpening, down-and-up resampling, letterbox borders; 0: off)")
+    adversary: float = _f(0.0, "weight (lambda) of a class-conditional collection adversary: a small head predicts each film's collection within its class from the penultimate features, through a gradient reversal (0: off)")
     hide_lungs: float = _f(0.0, "the lungs-hidden control: the central share of each side of every film filled with its mean, in training and in the model (e.g. 0.6); 0: none")
     ema: float = _f(0.999, "decay of an exponential moving average of the weights (0: off, the seed's); validation, best.pt and predictions use the average")
     early_stop: int = _f(0, "stop after this many epochs without a better val macro-F1 (0: off)")
@@ -71,6 +74,7 @@ class TrainConfig:
     pipeline: str = _f('gpu', "'gpu': cache resident on the device, batched augmentation; 'pil': seed-style per-image DataLoader")
     workers: int = _f(0, "DataLoader workers of the 'pil' pipeline")
     amp: bool = _f(True, "bf16 autocast on CUDA (no-op on CPU)")
+    cpu_bf16: bool = _f(False, "bf16 autocast of the training steps on a CPU too (measured faster on CPUs with bf16 instructions, reports/benchmarks.md); evaluation stays float32")
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
     deterministic: bool = _f(False, "deterministic algorithms (for tests and exact resume checks)")
@@ -93,6 +97,8 @@ class TrainConfig:
                            ('sampler', ('random', 'balanced', 'collection')), ('pipeline', ('gpu', 'pil')),
                            ('resize_mode', ('squash', 'pad')), ('device', ('auto', 'cpu', 'cuda')), ('harmonize', HARMONIZE)):
             if getattr(self, k) not in allowed: raise ValueError(f"{k} must be one of {allowed}, got {getattr(self, k)!r}")
+        if self.pipeline == 'pil' and (self.acquisition or self.adversary):
+            raise ValueError("acquisition and adversary need the films' collections in each batch: the 'gpu' pipeline")
 
     @classmethod
     def from_dict(cls, d:dict # field name -> value, e.g. a checkpoint's `config` or a run's config.json
@@ -223,6 +229,11 @@ def train_collections(cache:Cache, # the run's cache
     t = cache.table
     return (t['collection'] if 'collection' in t else t['source']).astype(str).values[rows]
 
+def needs_collections(cfg:TrainConfig # the run's config
+                     ) -> bool:
+    "Whether the run reads its training films' collections: the `collection` sampler, the adversary, the histogram matching."
+    return cfg.sampler == 'collection' or cfg.adversary > 0 or cfg.acquisition > 0
+
 # %% ../nbs/10_train.ipynb #d0f077d5
 class SeedStyleDataset(torch.utils.data.Dataset):
     "Per-image loading from the source files, as the seed did: decode, then the v2 transforms."
@@ -293,6 +304,54 @@ def make_scheduler(cfg:TrainConfig, # the run's config: `scheduler`, `plateau_fa
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch))
     return None
 
+# %% ../nbs/10_train.ipynb #adff9fcb
+class GradReverse(torch.autograd.Function):
+    "Identity forward; the gradient times `-weight` backward."
+    @staticmethod
+    def forward(ctx, x, weight): ctx.weight = weight; return x.view_as(x)
+    @staticmethod
+    def backward(ctx, g): return -ctx.weight * g, None
+
+class CollectionAdversary(nn.Module):
+    "Predicts a film's collection among those of its class, from features behind a gradient reversal of weight `weight`."
+    def __init__(self, n_features:int, # width of the features
+                 cells:torch.Tensor, # bool [classes, collections]: the collections each class has in training
+                 weight:float, # the reversal's weight (lambda)
+                 hidden:int=128): # width of the head's hidden layer
+        super().__init__()
+        self.weight, self.k, self.c = weight, *cells.shape
+        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, self.k * self.c))
+        self.register_buffer('cells', cells.bool())
+
+    def forward(self, f:torch.Tensor, # features [B,F]
+                y:torch.Tensor, # class numbers [B]
+                c:torch.Tensor # collection numbers [B]
+               ) -> torch.Tensor: # the mean cross-entropy over the films whose class has two collections or more
+        z = self.net(GradReverse.apply(f, self.weight)).float().view(len(f), self.k, self.c)[torch.arange(len(f), device=f.device), y]
+        allowed = self.cells[y]
+        keep = allowed.sum(1) > 1
+        z = z.masked_fill(~allowed, -1e4)
+        return F.cross_entropy(z[keep], c[keep]) if bool(keep.any()) else z.sum() * 0
+
+def collection_cells(y:torch.Tensor, # class numbers of the training films [N]
+                     c:torch.Tensor, # their collection numbers [N]
+                     n_classes:int # number of classes
+                    ) -> torch.Tensor:
+    "bool [classes, collections]: which (class, collection) cells training has."
+    cells = torch.zeros(n_classes, int(c.max()) + 1, dtype=torch.bool)
+    cells[y.cpu(), c.cpu()] = True
+    return cells
+
+class WithAdversary(nn.Module):
+    "A classifier and its collection adversary as one module: `forward(x, y, c)` gives (logits, the adversary's loss)."
+    def __init__(self, model:nn.Module, # the classifier (`covidnext.model.XrayClassifier`)
+                 adversary:CollectionAdversary): # its adversary
+        super().__init__()
+        self.model, self.adversary = model, adversary
+    def forward(self, x, y, c):
+        f = self.model.features(x)
+        return self.model.fc(f), self.adversary(f, y, c)
+
 # %% ../nbs/10_train.ipynb #1d57a95d
 class NonFiniteLoss(FloatingPointError):
     "The loss became NaN or inf."
@@ -323,11 +382,15 @@ def train_one_epoch(model:nn.Module, # the model to train (wrapped by DDP or tor
                     start:int=0, # the step of the epoch to start at (a resumed run skips the steps done)
                     global_step:int=0, # optimizer steps before this epoch
                     on_step=None, # called as on_step(step_in_epoch, global_step) after each step
-                    batches=None # an iterable of (images, labels) batches instead of `x[order]` (the `pil` pipeline)
+                    batches=None, # an iterable of (images, labels) batches instead of `x[order]` (the `pil` pipeline)
+                    groups:torch.Tensor|None=None # each training image's collection number [N] on the device (the adversary and the histogram matching read them)
                    ) -> dict:
     "Train one epoch on `x[order]`; returns mean loss, steps and images/s. `on_step(step_in_epoch, global_step)` runs after each step."
     model.train()
+    adversarial = isinstance(bare_model(model), WithAdversary)
+    if adversarial and groups is None: raise ValueError("the collection adversary needs each training image's collection (groups)")
     dev = x.device if x is not None else next(model.parameters()).device
+    cast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if cfg.cpu_bf16 and dev.type == 'cpu' else (lambda: autocast(dev, cfg.amp))
     nb = len(batches) if batches is not None else max(1, len(order) // cfg.batch_size)  # full batches only
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     it = iter(batches) if batches is not None else None
@@ -338,10 +401,14 @@ def train_one_epoch(model:nn.Module, # the model to train (wrapped by DDP or tor
         if it is not None: xb, yb = next(it); xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
         else:
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb, yb = x[idx], y[idx]
-            if aug is not None: xb = aug(xb, generator=gen)
+            xb, yb, gb = x[idx], y[idx], None if groups is None else groups[idx]
+            if aug is not None: xb = aug(xb, generator=gen, groups=gb)
         xb = xb.contiguous(memory_format=mf)
-        with autocast(dev, cfg.amp): loss = loss_fn(model(xb).float(), yb)
+        with cast():
+            if adversarial:
+                logits, adv_loss = model(xb, yb, gb)
+                loss = loss_fn(logits.float(), yb) + adv_loss
+            else: loss = loss_fn(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -396,10 +463,11 @@ class EMA:
         if self.dst_o: torch._foreach_copy_(self.dst_o, self.src_o)   # integer buffers (BatchNorm's counts): one launch
 
 # %% ../nbs/10_train.ipynb #a36e7af1
-def _state(model, opt, sched, cfg, epoch, step_in_epoch, global_step, gen, history, best, val=None, ema=None) -> dict:
-    "The checkpoint of a run at `epoch`, `step_in_epoch` (`covidnext.checkpoint.checkpoint_state`): tensors and plain values only."
+def _state(model, opt, sched, cfg, epoch, step_in_epoch, global_step, gen, history, best, val=None, ema=None, adversary=None) -> dict:
+    "The checkpoint of a run at `epoch`, `step_in_epoch` (`covidnext.checkpoint.checkpoint_state`): tensors and plain values only; the adversary's weights go with the resume state, not the model."
     m = bare_model(model)
     extra = {} if ema is None else dict(model_raw=m.state_dict(), ema_n=ema.n)
+    if adversary is not None: extra['adversary'] = adversary.state_dict()
     resume = dict(optimizer=opt.state_dict(), **extra, scheduler=sched.state_dict() if sched else None, step_in_epoch=step_in_epoch,
                   global_step=global_step, aug_generator=gen.get_state(), torch_rng=torch.get_rng_state(), history=history, best=best)
     return checkpoint_state((ema.module if ema is not None else m).state_dict(), m.cfg, asdict(cfg), CLASSES, epoch, val or {}, resume)
@@ -409,7 +477,8 @@ def resume_from(path, # the run's last.pt
                 opt, # its optimizer
                 sched, # its schedule, or None
                 ema:EMA|None, # its weight average, or None
-                gen:torch.Generator # the augmentation's generator
+                gen:torch.Generator, # the augmentation's generator
+                adversary:nn.Module|None=None # the collection adversary, or None
                ) -> tuple[int, int, int, list, dict]:
     "Load a run's `last.pt` into its model, optimizer, schedule, weight average and RNGs; (epoch, step in epoch, global step, history, best)."
     ck = read_checkpoint(path, map_location='cpu')
@@ -417,6 +486,9 @@ def resume_from(path, # the run's last.pt
     model.load_state_dict(r['model_raw'] if ema is not None else ck.model); opt.load_state_dict(r['optimizer'])
     if ema is not None: ema.module.load_state_dict(ck.model); ema.n = r['ema_n']
     if sched is not None and r['scheduler'] is not None: sched.load_state_dict(r['scheduler'])
+    if adversary is not None:
+        if 'adversary' not in r: raise CheckpointError(f"{path}: no collection adversary in the resume state; resume with the config it was trained with")
+        adversary.load_state_dict(r['adversary'])
     gen.set_state(r['aug_generator']); torch.set_rng_state(r['torch_rng'])
     return ck.epoch, r['step_in_epoch'], r['global_step'], r['history'], r['best']
 
@@ -515,7 +587,8 @@ def fit(cfg:TrainConfig # everything the run depends on
     try:
         cache = open_cache(cfg, rank)
         xtr, ytr, rtr = load_split(cache, 'train', cfg, dev if cfg.pipeline == 'gpu' else 'cpu')
-        ctr = train_collections(cache, rtr) if cfg.sampler == 'collection' else None
+        ctr = train_collections(cache, rtr) if needs_collections(cfg) else None
+        gtr = None if ctr is None else torch.from_numpy(pd.factorize(ctr)[0]).to(ytr.device)   # collection numbers
         xva, yva, _ = load_split(cache, 'val', cfg, dev)
         xte, yte, _ = load_split(cache, 'test', cfg, dev) if cfg.test_log and rank == 0 else (None, None, None)
         model = create_model(cfg.arch, n_classes=len(CLASSES), pretrained=cfg.pretrained,
@@ -525,18 +598,22 @@ def fit(cfg:TrainConfig # everything the run depends on
         loader = seed_style_loader(cache, cfg, rank, world, dev) if cfg.pipeline == 'pil' else None
         n_local = len(epoch_order(ytr, 0, cfg, rank, world, ctr)) if loader is None else len(loader.sampler)
         steps_per_epoch = max(1, n_local // cfg.batch_size)
-        opt = make_optimizer(cfg, model)
+        adversary = None
+        if cfg.adversary > 0:
+            adversary = CollectionAdversary(model.fc.in_features, collection_cells(ytr, gtr, len(CLASSES)), cfg.adversary).to(dev)
+        trainee = model if adversary is None else WithAdversary(model, adversary)   # one module: one DDP wrapper
+        opt = make_optimizer(cfg, trainee)
         sched = make_scheduler(cfg, opt, steps_per_epoch)
         loss_fn = make_loss(cfg, ytr, len(CLASSES))
-        aug = GpuAugment(AugmentConfig.seed_plus(cfg.source_aug)) if cfg.augment and cfg.pipeline == 'gpu' else None
+        aug = GpuAugment(AugmentConfig.seed_plus(cfg.source_aug, cfg.acquisition)) if cfg.augment and cfg.pipeline == 'gpu' else None
         gen = torch.Generator()
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
         start_epoch, start_step, global_step, history, best = 0, 0, 0, [], dict(epoch=-1, macro_f1=-1.0)
         if cfg.resume and (out/'last.pt').is_file():
-            start_epoch, start_step, global_step, history, best = resume_from(out/'last.pt', model, opt, sched, ema, gen)
+            start_epoch, start_step, global_step, history, best = resume_from(out/'last.pt', model, opt, sched, ema, gen, adversary)
             if start_step >= steps_per_epoch: start_epoch, start_step = start_epoch + 1, 0
-        train_model = model
-        if cfg.compile: train_model = torch.compile(model)
+        train_model = trainee
+        if cfg.compile: train_model = torch.compile(trainee)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             train_model = DDP(train_model, device_ids=[dev.index] if dev.type == 'cuda' else None)
@@ -550,12 +627,13 @@ def fit(cfg:TrainConfig # everything the run depends on
             def on_step(s, gs, epoch=epoch):
                 if ema is not None: ema.update(model)
                 if cfg.ckpt_every and s % cfg.ckpt_every == 0 and s < steps_per_epoch and rank == 0:
-                    writer.save(_state(model, opt, sched, cfg, epoch, s, gs, gen, history, best, ema=ema), out/'last.pt')
+                    writer.save(_state(model, opt, sched, cfg, epoch, s, gs, gen, history, best, ema=ema, adversary=adversary), out/'last.pt')
             if rank == 0 and cfg.log_images and aug is not None and epoch == start_epoch:
-                log.images(aug(xtr[order[:32].to(xtr.device)], generator=torch.Generator().manual_seed(0)), epoch)
+                first = order[:32].to(xtr.device)
+                log.images(aug(xtr[first], generator=torch.Generator().manual_seed(0), groups=None if gtr is None else gtr[first]), epoch)
             t0 = time.perf_counter()
             tr = train_one_epoch(train_model, opt, loss_fn, xtr if loader is None else None, ytr, order, cfg, epoch, aug, gen,
-                                 sched, start_step, global_step, on_step, batches)
+                                 sched, start_step, global_step, on_step, batches, gtr)
             train_s += time.perf_counter() - t0; t0 = time.perf_counter()
             global_step, start_step = tr['global_step'], 0
             done_epoch = tr['steps'] > 0 and (not cfg.max_steps or global_step < cfg.max_steps or
@@ -577,7 +655,8 @@ def fit(cfg:TrainConfig # everything the run depends on
                 log.epoch(epoch, global_step, dict(train_loss=tr['loss'], train_img_s=tr['img_s']), val, lr=lr)
                 if cfg.log_images: log.confusion(val['confusion'], epoch)
                 if xte is not None: log.test(epoch, global_step, validate(ema.module if ema is not None else model, xte, yte, cfg))
-                st = _state(model, opt, sched, cfg, epoch, steps_per_epoch if done_epoch else tr['steps'], global_step, gen, history, best, val, ema)
+                st = _state(model, opt, sched, cfg, epoch, steps_per_epoch if done_epoch else tr['steps'], global_step, gen, history, best, val, ema,
+                            adversary)
                 last_epoch = epoch == cfg.epochs - 1 or (cfg.max_steps and global_step >= cfg.max_steps)
                 if improved or last_epoch or (epoch + 1) % cfg.save_every == 0:
                     writer.save(st, out/'last.pt', best=out/'best.pt' if improved else None)
