@@ -65,6 +65,10 @@ def run_step(step:Step # a step of the plan
         from covidnext.shortcut import screen_settings
         result = in_child(screen_settings, **step.params)
         print(f"== chosen on validation: {result}", flush=True)
+    elif step.kind == 'choose':
+        from covidnext.external import choose_setting_by_rule
+        result = in_child(choose_setting_by_rule, **step.params)
+        print(f"== chosen by the written rule on validation: {result}", flush=True)
     elif step.kind == 'release':
         from covidnext.release import release
         print(in_child(release, **step.params), flush=True)

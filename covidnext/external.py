@@ -16,10 +16,11 @@ from .evaluate import ensemble, mean_predictions
 from .shortcut import probe_models
 
 # %% auto #0
-__all__ = ['EXTERNAL_SPLITS', 'OTHER_DICOM', 'OTHER_PICTURES', 'called_rate', 'covid_vs_normals', 'set_predictions',
-           'external_row', 'rate_text', 'external_markdown', 'paired_on_test', 'external_targets', 'collection_films',
-           'collection_probe', 'border_share', 'band_area', 'border_table', 'other_images', 'flag_share', 'set_aside',
-           'save_external_report']
+__all__ = ['EXTERNAL_SPLITS', 'OTHER_DICOM', 'OTHER_PICTURES', 'VALIDATION_FIGURES', 'CHOICE_MARGIN', 'CHOICE_RULE',
+           'called_rate', 'covid_vs_normals', 'set_predictions', 'external_row', 'rate_text', 'external_markdown',
+           'paired_on_test', 'external_targets', 'collection_films', 'collection_probe', 'border_share', 'band_area',
+           'border_table', 'other_images', 'flag_share', 'set_aside', 'style_swap', 'within_class_probe',
+           'choose_by_rule', 'validation_figures', 'choose_setting_by_rule', 'save_external_report']
 
 # %% ../nbs/19_external.ipynb #0994f0ac
 EXTERNAL_SPLITS = ('test', 'test_adult', 'test_external', 'test_external_neg')
@@ -223,6 +224,121 @@ def set_aside(preds:dict, # {split: per-image predictions with `path`}
              ) -> dict: # {split: the predictions of the films not flagged}
     "A training set's predictions without the films its model flags unfamiliar."
     return {s: p[~p.path.isin(set(flagged.get(s, ())))].reset_index(drop=True) for s, p in preds.items()}
+
+# %% ../nbs/19_external.ipynb #bbd0c152
+@torch.no_grad()
+def style_swap(model, # a classifier of uint8 images [B,1,H,W] (`covidnext.model.XrayClassifier`)
+               x_normal:torch.Tensor, # uint8 [N,1,H,W]: validation normal films
+               x_covid:torch.Tensor, # uint8 [M,1,H,W]: validation COVID-19 films
+               seed:int=0, # seed of the pairing
+               covid:int=CLASSES.index('COVID-19') # the COVID-19 class number
+              ) -> dict:
+    "The share of normals called COVID-19 only once given a COVID-19 film's histogram, of COVID-19 films no longer called COVID-19 with a normal's, and their mean."
+    from covidnext.augment import match_histograms
+    from covidnext.model import predict_probs
+    g = torch.Generator().manual_seed(seed)
+    def calls(x): return predict_probs(model, x, amp=False).argmax(1).cpu()
+    def swapped(x, ref): return x if not len(x) else match_histograms(x, ref[torch.randint(len(ref), (len(x),), generator=g).to(ref.device)])
+    n0, n1 = calls(x_normal), calls(swapped(x_normal, x_covid))
+    c0, c1 = calls(x_covid), calls(swapped(x_covid, x_normal))
+    to = float(((n0 != covid) & (n1 == covid)).float().mean()) if len(n0) else float('nan')
+    away = float(((c0 == covid) & (c1 != covid)).float().mean()) if len(c0) else float('nan')
+    return dict(to_covid=to, from_covid=away, value=(to + away) / 2, n_normal=len(n0), n_covid=len(c0))
+
+def within_class_probe(features, # [N,F] penultimate features of the validation films
+                       table:pd.DataFrame, # their rows: label, source, patient_id
+                       seed:int=0 # seed of the probe's folds
+                      ) -> dict:
+    "Per class with two sources of two patients or more: `covidnext.shortcut.source_probe` of the source; and their mean balanced accuracy."
+    from covidnext.shortcut import source_probe
+    f, t = np.asarray(features), table.reset_index(drop=True)
+    src = t.source.astype(str).str.replace('cohen-unlisted', 'cohen', regex=False)
+    per = {}
+    for k in CLASSES:
+        m = (t.label == k).to_numpy()
+        pats = t[m].groupby(src[m]).patient_id.nunique()
+        keep = m & src.isin(pats[pats >= 2].index).to_numpy()
+        if src[keep].nunique() >= 2: per[k] = source_probe(f[keep], src[keep], t.patient_id[keep], seed)
+    return dict(value=float(np.mean([p['balanced_accuracy'] for p in per.values()])) if per else float('nan'),
+                classes={k: dict(balanced_accuracy=p['balanced_accuracy'], chance=p['chance'], n_per_source=p['n_per_source'])
+                         for k, p in per.items()})
+
+# %% ../nbs/19_external.ipynb #84675181
+VALIDATION_FIGURES = ('val_macro_f1', 'val_external_neg_covid', 'style_swap', 'probe')
+CHOICE_MARGIN = 0.05
+CHOICE_RULE = (f"Among the settings trained (the lungs-hidden control never), keep those whose validation macro-F1 is within "
+               f"{CHOICE_MARGIN:.2f} of the best; of them choose the one with the lowest mean of two validation shares, the "
+               f"val_external_neg films called COVID-19 and the style-swap share; on a tie, the higher validation macro-F1, then "
+               f"the first listed. The probe is reported beside, not used: at validation's size it separates little.")
+
+def choose_by_rule(figures:dict, # {setting: its figures}; only the keys of `VALIDATION_FIGURES` are read
+                   margin:float=CHOICE_MARGIN # how far below the best validation macro-F1 a setting may be
+                  ) -> str:
+    "The setting `CHOICE_RULE` picks."
+    if not figures: raise ValueError("no setting to choose from")
+    v = {k: {f: float(d[f]) for f in VALIDATION_FIGURES} for k, d in figures.items()}
+    best = max(d['val_macro_f1'] for d in v.values())
+    keep = [k for k, d in v.items() if d['val_macro_f1'] >= best - margin]
+    def shift(d): return np.nanmean([d['val_external_neg_covid'], d['style_swap']])
+    return min(keep, key=lambda k: (shift(v[k]), -v[k]['val_macro_f1'], list(v).index(k)))
+
+# %% ../nbs/19_external.ipynb #c30d7a99
+def validation_figures(checkpoint, # a checkpoint path (one seed)
+                       split_csv=None, # the covidx-v1-public split.csv (default: the checkpoint's)
+                       sources=None, # the sources folder (default: $COVIDNEXT_SOURCES)
+                       cache=None, # a prebuilt cache of split_csv at the checkpoint's size
+                       cache_root='.cache', # where caches are built
+                       device:str='cpu', # where the model runs
+                       seed:int=0, # seed of the style swap's pairing and the probe's folds
+                       control:bool=False # also the probe of the same architecture untrained
+                      ) -> dict:
+    "Validation macro-F1, the share of `val_external_neg` called COVID-19, the style swap and the within-class probe of one checkpoint."
+    from covidnext.checkpoint import model_from_checkpoint
+    from covidnext.evaluate import split_cache
+    from covidnext.metrics import classification_metrics
+    from covidnext.model import predict_probs
+    from covidnext.shortcut import penultimate_features, untrained_like
+    model, ck = model_from_checkpoint(checkpoint, device)
+    c = split_cache(ck.config, 'val_external_neg', split_csv, sources, cache, cache_root)
+    rows = {s: c.indices(s) for s in ('val', 'val_external_neg')}
+    x = {s: c.images(r, device=device) for s, r in rows.items()}
+    tv = c.table.iloc[rows['val']].reset_index(drop=True)
+    y = np.array([CLASSES.index(l) for l in tv.label])
+    p = predict_probs(model, x['val'], amp=False).cpu().numpy()
+    neg = predict_probs(model, x['val_external_neg'], amp=False).argmax(1).cpu().numpy() == CLASSES.index('COVID-19')
+    lab = tv.label.to_numpy()
+    sw = style_swap(model, x['val'][torch.as_tensor(lab == 'normal')], x['val'][torch.as_tensor(lab == 'COVID-19')], seed)
+    out = dict(checkpoint=str(checkpoint), seed=ck.seed, val_macro_f1=float(classification_metrics(y, p, CLASSES)['macro_f1']),
+               val_external_neg_covid=float(neg.mean()), val_external_neg_n=int(len(neg)),
+               val_external_neg_ci=list(clopper_pearson(int(neg.sum()), int(len(neg)))),
+               style_swap=sw['value'], style_swap_detail=sw,
+               probe_detail=within_class_probe(penultimate_features(model, x['val']).numpy(), tv, seed))
+    out['probe'] = out['probe_detail']['value']
+    if control:
+        out['probe_untrained'] = within_class_probe(penultimate_features(untrained_like(model, seed), x['val']).numpy(), tv, seed)['value']
+    return out
+
+def choose_setting_by_rule(candidates:dict, # {setting: its checkpoint (the first seed)}, in the order ties go
+                           controls:dict=None, # {setting: checkpoint} reported beside, never chosen (the lungs-hidden control)
+                           split_csv=None, # the covidx-v1-public split.csv
+                           sources=None, # the sources folder (default: $COVIDNEXT_SOURCES)
+                           cache=None, # a prebuilt cache of split_csv at the checkpoints' size
+                           cache_root='.cache', # where caches are built
+                           device:str='auto', # 'auto', 'cpu' or 'cuda'
+                           seed:int=0, # seed of the style swap and the probe
+                           out=None # write the figures, the rule and the choice here (JSON)
+                          ) -> str: # the chosen setting
+    "Every candidate's and control's validation figures, the setting `CHOICE_RULE` picks among the candidates, written to `out`."
+    from covidnext.core import resolve_device
+    dev = str(resolve_device(device))
+    figs = {k: validation_figures(v, split_csv, sources, cache, cache_root, dev, seed, control=i == 0) for i, (k, v) in enumerate(candidates.items())}
+    ctl = {k: validation_figures(v, split_csv, sources, cache, cache_root, dev, seed) for k, v in (controls or {}).items()}
+    chosen = choose_by_rule(figs)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(jsonable(dict(chosen=chosen, rule=CHOICE_RULE, margin=CHOICE_MARGIN, figures=figs, controls=ctl,
+                                                      probe_untrained=next(iter(figs.values())).get('probe_untrained'))), indent=1))
+    return chosen
 
 # %% ../nbs/19_external.ipynb #eca02cc0
 def save_external_report(result:dict, # the report: parameters, environment, rows, targets, probe, border table ...

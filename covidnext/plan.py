@@ -14,8 +14,8 @@ from fastcore.basics import patch
 from .infer import MODEL_FILE
 
 # %% auto #0
-__all__ = ['SETTINGS', 'profile_names', 'load_profile', 'Step', 'Study', 'variant', 'mitigation', 'public_setting', 'plan',
-           'plan_text', 'notebook_parameters', 'check_params']
+__all__ = ['SETTINGS', 'CONTROLS', 'profile_names', 'load_profile', 'Step', 'Study', 'variant', 'mitigation', 'public_setting',
+           'plan', 'every_step', 'plan_text', 'notebook_parameters', 'check_params']
 
 # %% ../nbs/21_plan.ipynb #b92589e5
 def profile_names() -> list:
@@ -41,7 +41,7 @@ def load_profile(profile:str='quick', # a profile's name (`profile_names`) or th
 class Step:
     "One step of a study: what runs, where its report goes, with which parameters, after which steps."
     name: str                 # unique in the plan, and the log's line
-    kind: str                 # 'notebook', 'kept', 'build', 'screen', 'release' or 'html'
+    kind: str                 # 'notebook', 'kept', 'build', 'screen', 'choose', 'release' or 'html'
     notebook: str = None      # the study notebook that papermill runs
     output: str = None        # the report it writes: an executed notebook, a build's report, the screen's JSON
     params: dict = field(default_factory=dict)  # papermill's parameters, or the build's, the screen's or the HTML's arguments
@@ -49,7 +49,7 @@ class Step:
     html: tuple = ()          # reports made HTML when it ends (`kept`: those of them that lack it)
     logs: tuple = None        # (a run folder, a folder beside the reports): the run's summary.json and log.csv go there
     note: str = None          # what a `kept` step says
-    branches: dict = field(default=None, repr=False)  # the screen: {each setting it may choose: the steps after that choice}
+    branches: dict = field(default=None, repr=False)  # the screen and the choice: {each setting it may choose: the steps after that choice}
 
     def line(self) -> str:
         "The step on one line, for `--dry-run`."
@@ -145,14 +145,19 @@ def run_steps(self:Study, arch:str, # a variant
 # %% ../nbs/21_plan.ipynb #f88bc0fb
 SETTINGS = {'': {}, 'pad': dict(resize_mode='pad'), 'equalize': dict(harmonize='equalize'), 'srcaug': dict(source_aug=0.5),
             'collection': dict(sampler='collection'),
+            'adversary': dict(sampler='collection', adversary=0.3),
+            'acqaug': dict(source_aug=0.5, acquisition=0.5),
+            'invariant': dict(sampler='collection', adversary=0.3, source_aug=0.5, acquisition=0.5),
+            'lungs': dict(hide_lungs=0.6),    # the lungs-hidden control: reported, never chosen
             'all': dict(resize_mode='pad', harmonize='equalize', source_aug=0.5)}
+CONTROLS = ('lungs',)
 
 def mitigation(setting:str # <v1|adult|plus|public>[-pad|-equalize|-srcaug|-all|-collection]
               ) -> tuple: # (its training split: v1, adult, plus or public; its training config fields)
     "A setting's training split and parameters (public: covidx-v1-public, trained after the screen, never screened)."
     split, _, m = setting.partition('-')
     if split not in ('v1', 'adult', 'plus', 'public') or m not in SETTINGS:
-        raise ValueError(f"unknown mitigation setting {setting!r}: <v1|adult|plus>[-pad|-equalize|-srcaug|-all|-collection]")
+        raise ValueError(f"unknown mitigation setting {setting!r}: <v1|adult|plus|public>[-{'|-'.join(k for k in SETTINGS if k)}]")
     return split, SETTINGS[m]
 
 def public_setting(chosen:str # the setting the screen chose, e.g. adult-equalize
@@ -214,8 +219,9 @@ def after_screen(self:Study, chosen:str, # the setting the screen chose
                   after=(tuple(t.name for t in trains) or ('screen',)) + tuple(refs),
                   params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': runs,
                           'label_adult': f'chosen on validation: {chosen}', 'screen': f'{R}/14_screen.json', **data, 'out': R})
-    ext = (self.external_steps(chosen, v1runs, runs, (tuple(t.name for t in trains) or ('screen',)) + tuple(refs) + tuple(compare))
-           if self.external else [])
+    ext = (self.external_steps(chosen, v1runs, runs, (tuple(t.name for t in trains) or ('screen',)) + tuple(refs) + tuple(compare),
+                               (report.name, *compare)) if self.external else [])
+    if ext and ext[-1].kind == 'choose': return trains + [report, *ext]     # the HTML step ends each of its branches
     return trains + [report, *ext, self.html_step((report.name, *(s.name for s in ext[-1:]), *compare))]
 
 @patch
@@ -229,23 +235,46 @@ def html_step(self:Study, after:tuple # the steps it waits for
 def external_steps(self:Study, chosen:str, # the setting the screen chose
                    v1runs:str, # the folder of the COVIDx-v1 reference runs
                    chosen_runs:str, # the chosen setting's checkpoints (a glob pattern)
-                   after:tuple # the steps it waits for besides its own runs: the chosen setting's seeds, the reference runs, the comparison
+                   after:tuple, # the steps it waits for besides its own runs: the chosen setting's seeds, the reference runs, the comparison
+                   html_after:tuple=() # with a choice step: the steps the HTML step at the end of each branch waits for besides the release
                   ) -> list:
-    "The public runs (each seed), 15_external, and the release of the public model validation picks."
-    sa, R, pub = self.profile['shortcut_arch'], self.reports, public_setting(chosen)
-    trains = [self.setting_step(pub, s, ('screen',)) for s in self.profile['seeds']]
-    runs = f'{self.runs}/{pub}/{sa}-seed*/best.pt'
+    """The public runs (each seed), 15_external, and the release of the public model validation picks. With the
+    profile's `public_settings`, first one seed of the screen's setting on covidx-v1-public, of each of those settings
+    and of each control (`controls`), then the choice step (`covidnext.external.CHOICE_RULE`), whose branches train the
+    picked setting's other seeds, run 15_external with every setting beside and release the pick."""
+    sa, R, seeds = self.profile['shortcut_arch'], self.reports, self.profile['seeds']
     pad = mitigation(chosen)[1].get('resize_mode') == 'pad'
     data = _split_data(self.split('covidx-v1-public'), self.sources, None if pad else self.public_cache)
-    ext = Step('external', 'notebook', self.nb('15_external'), f'{R}/15_external.ipynb', html=(f'{R}/15_external.ipynb',),
-               after=tuple(after) + tuple(t.name for t in trains),
-               params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': chosen_runs, 'runs_public': runs,
-                       'label_adult': f'{chosen}, chosen on validation', 'label_public': f'covidx-v1-public, {pub}',
-                       **data, 'reports': R, 'out': R})
     models = self.profile.get('models', 'models')
-    rel = Step('release', 'release', output=f'{models}/{MODEL_FILE}', after=('external',),
-               params=dict(runs=runs, reports=R, models=models, profile=self.profile['name'], **data))
-    return trains + [ext, rel]
+    def glob_of(s): return f'{self.runs}/{s}/{sa}-seed*/best.pt'
+    def tail(pub, first, others, after_ext):
+        trains = [self.setting_step(pub, s, first) for s in (seeds[1:] if others else seeds)]   # with a choice: its first seed ran before
+        ext = Step('external', 'notebook', self.nb('15_external'), f'{R}/15_external.ipynb', html=(f'{R}/15_external.ipynb',),
+                   after=tuple(after) + tuple(after_ext) + tuple(t.name for t in trains),
+                   params={'runs_v1': f'{v1runs}/{sa}-seed*/best.pt', 'runs_adult': chosen_runs, 'runs_public': glob_of(pub),
+                           'label_adult': f'{chosen}, chosen on validation', 'label_public': f'covidx-v1-public, {pub}',
+                           **({'runs_settings': others, 'choice': f'{R}/15_choice.json'} if others else {}), **data, 'reports': R, 'out': R})
+        rel = Step('release', 'release', output=f'{models}/{MODEL_FILE}', after=('external',),
+                   params=dict(runs=glob_of(pub), reports=R, models=models, profile=self.profile['name'],
+                               **({'choice': f'{R}/15_choice.json'} if others else {}), **data))
+        return trains + [ext, rel]
+    extra = self.profile.get('public_settings') or []
+    if not extra: return tail(public_setting(chosen), ('screen',), {}, ())
+    cands = list(dict.fromkeys([public_setting(chosen)] + [f'public-{m}' for m in extra]))
+    ctrls = [f'public-{m}' for m in self.profile.get('controls') or []]
+    if bad := [c for c in cands if c.partition('-')[2] in CONTROLS]: raise ValueError(f"{', '.join(bad)}: a control is never a candidate; list it under controls")
+    firsts = {c: self.setting_step(c, seeds[0], ('screen',)) for c in cands + ctrls}
+    first_ckpt = {c: f'{self.runs}/{c}/{sa}-seed{seeds[0]}/best.pt' for c in cands + ctrls}
+    def label(c): return f"covidx-v1-public, {c}" + (' (lungs hidden: a control)' if c.partition('-')[2] in CONTROLS else '')
+    def branch(c):
+        others = {label(o): first_ckpt[o] for o in cands + ctrls if o != c}
+        steps = tail(c, ('choose',), others, tuple(firsts[o].name for o in cands + ctrls if o != c))
+        return steps + [self.html_step((*html_after[:1], 'release', *html_after[1:]))]
+    choose = Step('choose', 'choose', output=f'{R}/15_choice.json', after=tuple(s.name for s in firsts.values()),
+                  params=dict(candidates={c: first_ckpt[c] for c in cands}, controls={c: first_ckpt[c] for c in ctrls},
+                              **data, out=f'{R}/15_choice.json'),
+                  branches={c: branch(c) for c in cands})
+    return list(firsts.values()) + [choose]
 
 # %% ../nbs/21_plan.ipynb #b9225bd8
 @patch
@@ -303,12 +332,19 @@ def plan(profile:dict, # `load_profile`'s dict
     v1 = {s: xs[0].name for (a, s), xs in per.items() if a == profile['shortcut_arch']}   # its train step, or its kept step
     return steps + st.shortcut_steps(first, v1, ('compare',) if profile['archs'] else ())
 
-def plan_text(steps:list # a plan
+def every_step(steps:list # a plan
+              ) -> list:
+    "Every step of a plan: its own, and those of every branch (a choice inside a branch included)."
+    return [x for s in steps for x in [s, *(y for b in (s.branches or {}).values() for y in every_step(b))]]
+
+def plan_text(steps:list, # a plan
+              indent:str='' # put before each line (a branch's steps)
              ) -> str:
-    "The plan, one line per step, then the steps after the screen for each setting it may choose."
-    lines = [s.line() for s in steps]
+    "The plan, one line per step, then the steps after the screen (or a choice) for each setting it may choose."
+    lines = [indent + s.line() for s in steps]
     for s in steps:
-        for c, more in (s.branches or {}).items(): lines += [f"then, if the {s.name} chooses {c}:"] + ['  ' + x.line() for x in more]
+        for c, more in (s.branches or {}).items():
+            lines += [f"{indent}then, if the {s.name} chooses {c}:"] + plan_text(more, indent + '  ').splitlines()
     return '\n'.join(lines)
 
 # %% ../nbs/21_plan.ipynb #7a983b8c

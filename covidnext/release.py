@@ -150,6 +150,14 @@ def _card_scores(rel:dict, ext:dict, cmp:dict=None) -> list:
     if single in ext['models']: rows = {single: ext['models'][single], **rows}
     L += [external_markdown(rows, ext['in_collection'] + [single]).rstrip(), '', 'Targets of the public seed ensemble (reported, not chosen on):', '']
     L += [f"- {'met' if t['met'] else 'missed'}: {t['target']}: {t['value']}" for t in ext['targets']]
+    if r := rel.get('setting_rule'):
+        L += ['', '## How its setting was chosen', '', f"Chosen: **{r['chosen']}**. The rule, written before any test figure was read: "
+              f"{r['rule']}", '', '| setting | val macro-F1 | val_external_neg called COVID-19 | style swap | probe |', '|---|---|---|---|---|']
+        L += [f"| {k} | {pct(f['val_macro_f1'])} | {pct(f['val_external_neg_covid'])} % of {f['val_external_neg_n']} | {pct(f['style_swap'])} % | "
+              f"{f['probe']:.3f} |" for k, f in r['figures'].items()]
+        if r.get('probe_untrained') is not None: L += ['', f"The probe on the same architecture untrained: {r['probe_untrained']:.3f}."]
+        missed = [t['target'] for t in ext['targets'] if not t['met']]
+        L += ['', 'Still missed: ' + ('; '.join(missed) if missed else 'nothing of the targets above') + '.']
     if o := ext.get('ood'):
         L += ['', f"Films the released model flags unfamiliar (OOD score over {o['threshold']:.0f}; `15_external`), beside the energy "
               "score's flags at the same validation percentile:", '', '| films | Mahalanobis score | energy score |', '|---|---|---|']
@@ -182,7 +190,9 @@ def _card_shortcuts(ext:dict, sc:dict=None) -> list:
              f"The released model's training set holds COVID-19 films from new hospitals but normals from RSNA and "
              f"Kermany only, so \"an adult film from elsewhere\" can mean COVID-19 to it: Cohen's films without COVID-19 "
              f"(`test_external_neg`) called COVID-19 by its seed ensemble: {rate_text(ext['ensembles'][ext['public']]['test_external_neg'], ' %')}.")
-    b = [r for r in ext['borders'] if r['model'] == pub_label]
+    b = [r for r in ext['borders'] if r['model'] == pub_label] if isinstance(ext['borders'], list) else []
+    if not b and isinstance(ext['borders'], dict):
+        L.append(f"- **Text and markers.** The Grad-CAM border figure is {ext['borders']['left_out']}.")
     if b:
         L.append("- **Text and markers.** Share of the Grad-CAM mass in the films' outer band (an even map: "
                  f"{pct(b[0]['band_area'])} %), released training set's first seed: " +
@@ -205,14 +215,19 @@ def model_card(reports # the study's reports folder: release.json, 15_external.j
     return '\n'.join(L)
 
 # %% ../nbs/20_release.ipynb #91cda1ae
-def _release_record(pred:Predictor, cands:pd.DataFrame, par:dict, stamp:dict, dest:Path, profile:str, split_csv=None) -> dict:
+def _release_record(pred:Predictor, cands:pd.DataFrame, par:dict, stamp:dict, dest:Path, profile:str, split_csv=None, choice:dict=None) -> dict:
     "`release.json`'s record of the model `dest` exported from the predictor `pred` of the chosen checkpoint, JSON-safe."
     ck = pred.checkpoint
     cfg = ck.config
     n_params = sum(p.numel() for p in pred.model.parameters())
     return jsonable(dict(
         checkpoint=ck.source, checkpoint_sha256=stamp['source_sha256'], candidates=cands.to_dict('records'),
-        chosen_by='validation macro-F1 (covidx-v1-public val)', model=MODEL_FILE, sha256=file_hash(dest),
+        chosen_by='validation macro-F1 (covidx-v1-public val)' + (', among the seeds of the setting the written rule picked' if choice else ''),
+        setting_rule=None if choice is None else dict(rule=choice['rule'], chosen=choice['chosen'],
+                                                      figures={k: {f: v[f] for f in ('val_macro_f1', 'val_external_neg_covid', 'val_external_neg_n', 'style_swap', 'probe')}
+                                                               for k, v in choice['figures'].items()},
+                                                      probe_untrained=choice.get('probe_untrained')),
+        model=MODEL_FILE, sha256=file_hash(dest),
         size_bytes=dest.stat().st_size, parity=par, profile=profile, commit=stamp['commit'], released=stamp['released'],
         arch=ck.arch, seed=ck.seed, epoch=ck.epoch, epochs=cfg.get('epochs'), size=ck.size,
         resize_mode=cfg.get('resize_mode', 'squash'), harmonize=cfg.get('harmonize', 'none'), source_aug=cfg.get('source_aug', 0.0),
@@ -229,7 +244,8 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
             cache=None, # a prebuilt cache of split_csv at the checkpoint's size
             cache_root='.cache', # where caches are built
             min_same_class:float=0.995, # parity: the least share of COVIDx-v1 test films with the same predicted class
-            max_diff:float=0.01 # parity: the largest difference of a probability
+            max_diff:float=0.01, # parity: the largest difference of a probability
+            choice=None # the choice step's JSON (15_choice.json): the rule, the setting it picked and the figures, recorded in release.json
            ) -> str: # what was done, in one line
     "Export the public run validation picks to `models/` (when it changed), record it in `<reports>/release.json`, and write the model card."
     chosen, cands = choose_release(runs)
@@ -258,7 +274,8 @@ def release(runs, # the public runs' checkpoints: paths or a glob pattern
             os.replace(tmp, dest)
         finally: tmp.unlink(missing_ok=True)
         atomic_write(models/f'{MODEL_FILE}.sha256', f"{file_hash(dest)}  {MODEL_FILE}\n")
-        atomic_write(rec, json.dumps(_release_record(pred, cands, par, stamp, dest, profile, split_csv), indent=1, allow_nan=False))
+        ch = json.loads(Path(choice).read_text()) if choice else None
+        atomic_write(rec, json.dumps(_release_record(pred, cands, par, stamp, dest, profile, split_csv, ch), indent=1, allow_nan=False))
         what = f"wrote {dest} ({dest.stat().st_size / 2**20:.1f} MiB, from {chosen}; parity: same class on {100 * par['same_class']:.1f} % of {par['n']} films, max |diff| {par['max_abs_diff']:.1g})"
     card = model_card(reports)
     if not (models/'README.md').is_file() or (models/'README.md').read_text() != card: atomic_write(models/'README.md', card)

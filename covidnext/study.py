@@ -11,7 +11,7 @@ from time import monotonic
 
 from fastcore.script import Param
 from .core import atomic_write, cli_parser, dashed_args, sources_dir
-from .plan import check_params, load_profile, plan, plan_text, profile_names
+from .plan import check_params, every_step, load_profile, plan, plan_text, profile_names
 from .execute import StepFailed, execute
 
 # %% auto #0
@@ -167,7 +167,7 @@ def study_plan(profile:str='quick', # `load_profile`'s profile
         except FileNotFoundError as e: src, missing = _NO_SOURCES, e
         flags = dict(sources=src, **flags)
         steps = plan(prof, exists=os.path.exists, **flags)
-        every = check_params(steps + [x for s in steps for b in (s.branches or {}).values() for x in b])
+        every = check_params(every_step(steps))
     except ValueError as e: raise SystemExit(f"covidnext-study: {e}")
     if missing and any(_NO_SOURCES in str(v) for s in every for v in s.params.values()):
         raise SystemExit(f"covidnext-study: {missing}")   # a step needs the sources

@@ -308,9 +308,18 @@ def make_scheduler(cfg:TrainConfig, # the run's config: `scheduler`, `plateau_fa
 class GradReverse(torch.autograd.Function):
     "Identity forward; the gradient times `-weight` backward."
     @staticmethod
-    def forward(ctx, x, weight): ctx.weight = weight; return x.view_as(x)
+    def forward(ctx, # autograd's context: keeps the weight
+                x:torch.Tensor, # the features
+                weight:float # the reversal's weight (lambda)
+               ) -> torch.Tensor:
+        "The features, unchanged."
+        ctx.weight = weight; return x.view_as(x)
     @staticmethod
-    def backward(ctx, g): return -ctx.weight * g, None
+    def backward(ctx, # autograd's context
+                 g:torch.Tensor # the gradient from the adversary
+                ):
+        "The gradient times `-weight` for the features; none for the weight."
+        return -ctx.weight * g, None
 
 class CollectionAdversary(nn.Module):
     "Predicts a film's collection among those of its class, from features behind a gradient reversal of weight `weight`."
@@ -327,6 +336,7 @@ class CollectionAdversary(nn.Module):
                 y:torch.Tensor, # class numbers [B]
                 c:torch.Tensor # collection numbers [B]
                ) -> torch.Tensor: # the mean cross-entropy over the films whose class has two collections or more
+        "The adversary's loss: its collection guess within each film's class, scored by cross-entropy."
         z = self.net(GradReverse.apply(f, self.weight)).float().view(len(f), self.k, self.c)[torch.arange(len(f), device=f.device), y]
         allowed = self.cells[y]
         keep = allowed.sum(1) > 1
@@ -348,7 +358,11 @@ class WithAdversary(nn.Module):
                  adversary:CollectionAdversary): # its adversary
         super().__init__()
         self.model, self.adversary = model, adversary
-    def forward(self, x, y, c):
+    def forward(self, x:torch.Tensor, # uint8 images [B,1,H,W]
+                y:torch.Tensor, # their class numbers [B]
+                c:torch.Tensor # their collection numbers [B]
+               ) -> tuple:
+        "(the classifier's logits, the adversary's loss) from one pass through the backbone."
         f = self.model.features(x)
         return self.model.fc(f), self.adversary(f, y, c)
 

@@ -26,9 +26,11 @@ def cfg(step) -> dict:
     return step.params.get('config', step.params)
 
 
-def by_name(steps, chosen=None) -> dict:
-    "The plan's steps by name, with those after the screen for the choice `chosen`."
+def by_name(steps, chosen=None, pick=None) -> dict:
+    """The plan's steps by name, with those after the screen for the choice `chosen`, and after a choice step inside
+    them (a profile with public_settings) those for `pick` (default: its first candidate)."""
     more = [x for s in steps if s.branches and chosen for x in s.branches[chosen]]
+    more += [x for s in more if s.branches for x in s.branches[pick or next(iter(s.branches))]]
     return {s.name: s for s in steps + more}
 
 
@@ -99,7 +101,7 @@ def test_full_and_cpu_profiles():
     assert [n for n in cpu if n.startswith('train ')] == ['train resnet18 seed 0', 'train resnet18 seed 1', 'train resnet18 seed 2']
     assert cpu['train resnet18 seed 2'].params == {'config': dict(arch='resnet18', seed=2, out='runs/cpu/resnet18-seed2',
                                                                    split_csv='out/covidx-v1/split.csv', sources='S', epochs=8, size=64,
-                                                                   ema=0.99, test_log=True)}
+                                                                   ema=0.99, cpu_bf16=True, test_log=True)}
     assert full['release'].params['models'] == cpu['release'].params['models'] == 'models'     # the shipped model
 
 
@@ -113,7 +115,7 @@ def test_train_defaults_are_the_study_recipe():
     step = by_name(plan(load_profile('cpu'), sources='S'), 'adult')['train resnet18 seed 0']
     study = asdict(TrainConfig.from_dict({'progress': False, **step.params['config']}))      # as 11_train builds it
     differ = {k for k in cli if cli[k] != study[k]}
-    assert differ == {'out', 'sources', 'test_log', 'progress', 'ema'}, differ
+    assert differ == {'out', 'sources', 'test_log', 'progress', 'ema', 'cpu_bf16'}, differ   # cpu_bf16: the cpu profile's bf16 steps
     assert load_profile('cpu')['train']['ema'] == study['ema'] == 0.99 and cli['ema'] == TrainConfig().ema
     recipe = ('optimizer', 'lr', 'weight_decay', 'scheduler', 'sampler', 'label_smoothing', 'batch_size', 'augment')
     assert {k: cli[k] for k in recipe} == {k: study[k] for k in recipe} == dict(optimizer='adamw', lr=1e-3, weight_decay=0.05,
@@ -310,11 +312,11 @@ def test_quick_study_external_step_and_release(quick_study, monkeypatch):
     labels = e['params']['labels']
     assert list(e['ensembles']) == [f'{l}, 2-seed ensemble' for l in labels] and len(e['models']) == 6
     for r in e['ensembles'].values():
-        assert (r['test']['n'], r['test_adult']['n'], r['test_external']['n'], r['test_external_neg']['n']) == (639, 100, 955, 46)
+        assert (r['test']['n'], r['test_adult']['n'], r['test_external']['n'], r['test_external_neg']['n']) == (639, 100, 955, 30)
         assert r['covid_vs_normals']['n_pos'] == 955 and r['covid_vs_normals']['n_neg'] == 100
     assert e['in_collection'] and all(k.startswith(labels[2]) for k in e['in_collection'])    # the public rows only
     assert len(e['targets']) == 4 and e['headline'] == 'resnet18' and set(e['paired_test']) == {labels[0], labels[2]}
-    assert {b['films'] for b in e['borders']} >= {'Cohen COVID-19'} and len(e['probe']) == 4
+    assert 'every cell of it touches the border' in e['borders']['left_out'] and len(e['probe']) == 4   # 32 px: a 1 x 1 map, no border figure
     assert (rq / '15_external.html').is_file() and (rq / '15_external_gradcam.png').is_file()
     chosen = json.loads((rq / '14_screen.json').read_text())['chosen']
     pub = 'public' + ('-' + chosen.partition('-')[2] if '-' in chosen else '')
