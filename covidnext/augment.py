@@ -315,8 +315,7 @@ def partners(u:torch.Tensor, # [B] uniform draws in [0,1), one per image
     other = (groups[None, :] != groups[:, None]) if groups is not None else ~torch.eye(B, dtype=torch.bool)
     other = other.cpu()
     n = other.sum(1)
-    k = (u.double() * n).floor().long().clamp(min=0, max=None)
-    k = torch.minimum(k, (n - 1).clamp(min=0))
+    k = torch.minimum((u.double() * n).floor().long(), (n - 1).clamp(min=0))
     return (other.long().cumsum(1) <= k[:, None]).sum(1).clamp(max=B - 1), n > 0
 
 # %% ../nbs/06_augment.ipynb #c0c8e2f7
