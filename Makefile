@@ -35,9 +35,14 @@ check-sync: env
 # Tests run with an absolute sources path, since notebooks execute in nbs/. pytest runs on two pytest-xdist workers of
 # one thread each; tests/conftest.py groups the tests so that each costly fixture is built once, longest groups first
 # (settings.ini pins pytest<9.2: on 9.2, xdist's loadgroup silently ignores the groups, pytest-xdist issue 1386).
+# The tests' temporary files (the notebooks' runs, caches and checkpoints: gigabytes) go to .test-tmp/, emptied before
+# and removed after a run that passes; a failed run leaves them there to look at.
+TEST_TMP := $(CURDIR)/.test-tmp
 test: check-sync browser
-	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
-	COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=10 tests
+	rm -rf "$(TEST_TMP)" && mkdir -p "$(TEST_TMP)"
+	TMPDIR="$(TEST_TMP)" COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/nbdev_test --n_workers 2
+	TMPDIR="$(TEST_TMP)" COVIDNEXT_SOURCES="$(abspath $(COVIDNEXT_SOURCES))" $(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=10 tests
+	rm -rf "$(TEST_TMP)"
 
 # The browser of the web page's test (tests/test_serve.py): Debian's chromium, from the system's package manager; where it
 # cannot be installed, that test is skipped and says so.

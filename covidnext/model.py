@@ -314,10 +314,13 @@ def model_table(size:int=224, # image side for the MACs
 
 # %% ../nbs/07_model.ipynb #d841a5d0
 def autocast(device, # where the model runs: a device name or a `torch.device`
-             enabled:bool=True # bf16 on CUDA; False: full precision everywhere
+             enabled:bool=True, # bf16 on CUDA; False: full precision everywhere
+             cpu:bool=False # bf16 on a CPU too (training's `cpu_bf16`)
             ):
-    "bf16 autocast on CUDA when enabled; a no-op context elsewhere."
-    return torch.autocast('cuda', dtype=torch.bfloat16) if enabled and torch.device(device).type == 'cuda' else nullcontext()
+    "bf16 autocast on CUDA when enabled, and on a CPU when `cpu`; a no-op context elsewhere."
+    kind = torch.device(device).type
+    if (kind == 'cuda' and enabled) or (kind == 'cpu' and cpu): return torch.autocast(kind, dtype=torch.bfloat16)
+    return nullcontext()
 
 @torch.no_grad()
 def predict_probs(model:nn.Module, # a classifier of uint8 images [B,1,H,W]

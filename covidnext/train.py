@@ -404,7 +404,6 @@ def train_one_epoch(model:nn.Module, # the model to train (wrapped by DDP or tor
     adversarial = isinstance(bare_model(model), WithAdversary)
     if adversarial and groups is None: raise ValueError("the collection adversary needs each training image's collection (groups)")
     dev = x.device if x is not None else next(model.parameters()).device
-    cast = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if cfg.cpu_bf16 and dev.type == 'cpu' else (lambda: autocast(dev, cfg.amp))
     nb = len(batches) if batches is not None else max(1, len(order) // cfg.batch_size)  # full batches only
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     it = iter(batches) if batches is not None else None
@@ -418,7 +417,7 @@ def train_one_epoch(model:nn.Module, # the model to train (wrapped by DDP or tor
             xb, yb, gb = x[idx], y[idx], None if groups is None else groups[idx]
             if aug is not None: xb = aug(xb, generator=gen, groups=gb)
         xb = xb.contiguous(memory_format=mf)
-        with cast():
+        with autocast(dev, cfg.amp, cfg.cpu_bf16):
             if adversarial:
                 logits, adv_loss = model(xb, yb, gb)
                 loss = loss_fn(logits.float(), yb) + adv_loss
